@@ -1,0 +1,3 @@
+"""foreman: one Ollama machine, shared."""
+
+__version__ = "0.1.0"
