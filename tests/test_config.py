@@ -1,0 +1,514 @@
+"""Tests for foreman.config: environment and flags in, a frozen Config or one-line error out."""
+
+import argparse
+import dataclasses
+import os
+import re
+
+import pytest
+
+from foreman import config
+from foreman.config import Config, ConfigError, load, parse_duration, parse_listen
+
+ALL_VARIABLES = [
+    "FOREMAN_OLLAMA_URL",
+    "FOREMAN_OLLAMA_TOKEN",
+    "FOREMAN_POLL_INTERVAL",
+    "FOREMAN_LISTEN",
+    "FOREMAN_TOKENS",
+    "FOREMAN_TOKENS_FILE",
+    "FOREMAN_LOG_FORMAT",
+    "FOREMAN_LOG_LEVEL",
+    "FOREMAN_SHUTDOWN_GRACE",
+]
+
+
+def parser():
+    p = argparse.ArgumentParser(prog="foreman")
+    config.add_arguments(p)
+    return p
+
+
+def flags(*argv):
+    return parser().parse_args(list(argv))
+
+
+def error_for(environ, args=None):
+    with pytest.raises(ConfigError) as info:
+        load(environ, args)
+    message = str(info.value)
+    assert "\n" not in message and "\r" not in message
+    return message
+
+
+# --- defaults and plain values ----------------------------------------------
+
+
+def test_defaults():
+    c = load({})
+    assert c == Config()
+    assert c.ollama_url == "http://127.0.0.1:11434"
+    assert c.ollama_token is None
+    assert c.poll_interval == 30.0
+    assert (c.listen_host, c.listen_port) == ("", 8080)
+    assert c.tokens == ()
+    assert c.tokens_file is None
+    assert c.log_format == "text"
+    assert c.log_level == "info"
+    assert c.shutdown_grace == 30.0
+    assert c.auth_enabled is False
+    assert c.target_display == "http://127.0.0.1:11434"
+
+
+def test_empty_variables_mean_default():
+    assert load({name: "" for name in ALL_VARIABLES}) == load({})
+
+
+def test_unrelated_environment_is_ignored():
+    assert load({"PATH": "/bin", "FOREMAN_UNKNOWN": "x"}) == load({})
+
+
+def test_config_is_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        load({}).listen_port = 1  # type: ignore[misc]
+
+
+def test_every_variable_parsed(tmp_path):
+    tokens_file = tmp_path / "tokens"
+    tokens_file.write_text("from-file\n")
+    c = load(
+        {
+            "FOREMAN_OLLAMA_URL": "https://mac.lan:11434/ollama/",
+            "FOREMAN_OLLAMA_TOKEN": "up-stream",
+            "FOREMAN_POLL_INTERVAL": "1m30s",
+            "FOREMAN_LISTEN": "127.0.0.1:9000",
+            "FOREMAN_TOKENS": "a, b",
+            "FOREMAN_TOKENS_FILE": str(tokens_file),
+            "FOREMAN_LOG_FORMAT": "JSON",
+            "FOREMAN_LOG_LEVEL": "Debug",
+            "FOREMAN_SHUTDOWN_GRACE": "0",
+        }
+    )
+    assert c == Config(
+        ollama_url="https://mac.lan:11434/ollama",
+        ollama_token="up-stream",
+        poll_interval=90.0,
+        listen_host="127.0.0.1",
+        listen_port=9000,
+        tokens=("a", "b", "from-file"),
+        tokens_file=str(tokens_file),
+        log_format="json",
+        log_level="debug",
+        shutdown_grace=0.0,
+    )
+    assert c.auth_enabled
+
+
+@pytest.mark.parametrize("level", ["debug", "info", "warning", "error", "WARNING"])
+def test_log_levels(level):
+    assert load({"FOREMAN_LOG_LEVEL": level}).log_level == level.lower()
+
+
+@pytest.mark.parametrize("fmt", ["text", "json", "Text", " json "])
+def test_log_formats(fmt):
+    assert load({"FOREMAN_LOG_FORMAT": fmt}).log_format == fmt.strip().lower()
+
+
+# --- flags --------------------------------------------------------------------
+
+
+def test_flags_override_environment():
+    environ = {
+        "FOREMAN_OLLAMA_URL": "http://env:1",
+        "FOREMAN_POLL_INTERVAL": "10s",
+        "FOREMAN_LISTEN": ":1111",
+        "FOREMAN_LOG_LEVEL": "error",
+        "FOREMAN_TOKENS": "env-token",
+    }
+    args = flags(
+        "--ollama-url", "http://flag:2",
+        "--poll-interval", "500ms",
+        "--listen", "[::1]:2222",
+        "--log-level", "debug",
+        "--tokens", "flag-token",
+        "--shutdown-grace", "5s",
+    )
+    c = load(environ, args)
+    assert c.ollama_url == "http://flag:2"
+    assert c.poll_interval == 0.5
+    assert (c.listen_host, c.listen_port) == ("::1", 2222)
+    assert c.log_level == "debug"
+    assert c.tokens == ("flag-token",)
+    assert c.shutdown_grace == 5.0
+
+
+def test_flags_not_given_fall_back_to_environment():
+    c = load({"FOREMAN_LISTEN": ":1234", "FOREMAN_LOG_FORMAT": "json"}, flags())
+    assert (c.listen_port, c.log_format) == (1234, "json")
+
+
+def test_empty_flag_turns_off_tokens_from_environment():
+    c = load({"FOREMAN_TOKENS": "env-token", "FOREMAN_OLLAMA_TOKEN": "t"}, flags("--tokens", "", "--ollama-token", ""))
+    assert c.tokens == ()
+    assert c.ollama_token is None
+
+
+def test_namespace_without_our_fields_is_fine():
+    assert load({}, argparse.Namespace(command="serve")) == load({})
+
+
+def test_error_from_a_flag_names_the_flag_and_variable():
+    message = error_for({"FOREMAN_POLL_INTERVAL": "30s"}, flags("--poll-interval", "soon"))
+    assert message.startswith("--poll-interval (FOREMAN_POLL_INTERVAL)='soon' is not a duration")
+
+
+def test_help_documents_every_variable():
+    text = parser().format_help()
+    # argparse wraps lines; compare on collapsed whitespace.
+    flat = " ".join(text.split())
+    for name in ALL_VARIABLES:
+        assert f"env {name}," in flat, name
+    for setting in config.SETTINGS:
+        assert setting.flag in flat
+        if setting.default is None:
+            assert f"(env {setting.env}, unset by default)" in flat
+        else:
+            assert f"(env {setting.env}, default {setting.default})" in flat
+
+
+def test_settings_cover_the_spec_table_in_order():
+    assert [s.env for s in config.SETTINGS] == ALL_VARIABLES
+    for s in config.SETTINGS:
+        assert s.flag == "--" + s.env.removeprefix("FOREMAN_").lower().replace("_", "-")
+        assert s.field == "listen" or s.field in {f.name for f in dataclasses.fields(Config)}
+
+
+def test_setting_defaults_are_what_load_uses():
+    # The text shown in --help must parse to the same Config as no settings at all.
+    environ = {s.env: s.default for s in config.SETTINGS if s.default is not None}
+    assert load(environ) == load({}) == Config()
+
+
+# --- durations ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, seconds",
+    [
+        ("30", 30.0),
+        ("0.5", 0.5),
+        ("0", 0.0),
+        (".5", 0.5),
+        ("30s", 30.0),
+        ("500ms", 0.5),
+        ("1m30s", 90.0),
+        ("1.5h", 5400.0),
+        ("2h45m", 9900.0),
+        ("1h1m1s", 3661.0),
+        ("250us", 250e-6),
+        ("250\u00b5s", 250e-6),
+        ("250\u03bcs", 250e-6),
+        ("100ns", 100e-9),
+        ("1m0.5s", 60.5),
+        ("0s", 0.0),
+        (" 30s ", 30.0),
+    ],
+)
+def test_valid_durations(text, seconds):
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "  ",
+        "-1",
+        "-5s",
+        "+5s",
+        "inf",
+        "nan",
+        "infs",
+        "1m30",
+        "30 s",
+        "1 m",
+        "s",
+        "5d",
+        "5S",
+        "1e3",
+        "1,5s",
+        "soon",
+        "30sec",
+        "1." + "0" * 400 + "e400",
+        "9" * 400 + "h",
+    ],
+)
+def test_invalid_durations(text):
+    with pytest.raises(ValueError):
+        parse_duration(text)
+
+
+def test_poll_interval_must_be_positive():
+    message = error_for({"FOREMAN_POLL_INTERVAL": "0s"})
+    assert message.startswith("FOREMAN_POLL_INTERVAL='0s' ")
+    assert "greater than zero" in message
+
+
+def test_shutdown_grace_may_be_zero():
+    assert load({"FOREMAN_SHUTDOWN_GRACE": "0s"}).shutdown_grace == 0.0
+
+
+def test_bad_duration_message():
+    assert error_for({"FOREMAN_POLL_INTERVAL": "soon"}) == (
+        "FOREMAN_POLL_INTERVAL='soon' is not a duration; "
+        "use e.g. 500ms, 30s, 1m30s or bare seconds like 30"
+    )
+
+
+# --- listen ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (":8080", ("", 8080)),
+        (":0", ("", 0)),
+        (":65535", ("", 65535)),
+        ("127.0.0.1:9000", ("127.0.0.1", 9000)),
+        ("0.0.0.0:80", ("0.0.0.0", 80)),
+        ("localhost:8080", ("localhost", 8080)),
+        ("my-host.lan:8080", ("my-host.lan", 8080)),
+        ("[::1]:8080", ("::1", 8080)),
+        ("[::]:8080", ("::", 8080)),
+        ("[fe80::1%eth0]:8080", ("fe80::1%eth0", 8080)),
+        ("[2001:db8::1]:443", ("2001:db8::1", 443)),
+    ],
+)
+def test_valid_listen(text, expected):
+    assert parse_listen(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "8080",
+        ":",
+        "host:",
+        ":65536",
+        ":99999",
+        ":-1",
+        ":http",
+        ":80a",
+        "::1:8080",
+        "[::1]",
+        "[nonsense]:80",
+        "[]:80",
+        "[::1:80",
+        "a b:80",
+        "*:80",
+        "http://host:80",
+        ": 80",
+    ],
+)
+def test_invalid_listen(text):
+    with pytest.raises(ValueError):
+        parse_listen(text)
+
+
+def test_bad_listen_message():
+    assert error_for({"FOREMAN_LISTEN": ":99999"}) == (
+        "FOREMAN_LISTEN=':99999' is not a valid listen address; "
+        "use host:port or :port with a port from 0 to 65535"
+    )
+
+
+# --- target URL ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("http://127.0.0.1:11434", "http://127.0.0.1:11434"),
+        ("http://127.0.0.1:11434/", "http://127.0.0.1:11434"),
+        ("HTTPS://ollama.example.com", "https://ollama.example.com"),
+        ("https://gw.lan/ollama/", "https://gw.lan/ollama"),
+        ("https://gw.lan/a/b//", "https://gw.lan/a/b"),
+        ("http://[::1]:11434", "http://[::1]:11434"),
+        ("http://user:pw@mac.lan:11434/", "http://user:pw@mac.lan:11434"),
+    ],
+)
+def test_valid_urls(text, expected):
+    assert load({"FOREMAN_OLLAMA_URL": text}).ollama_url == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "ftp://host",
+        "mac.lan:11434",
+        "127.0.0.1:11434",
+        "http://",
+        "http:///path",
+        "http://:11434",
+        "http://host:99999",
+        "http://host:port",
+        "http://host:0",
+        "http://host:",
+        "http://[::1",
+        "http://host/api?x=1",
+        "http://host/#frag",
+        "http://host?",
+        "http://ho st",
+        " ",
+    ],
+)
+def test_invalid_urls(text):
+    message = error_for({"FOREMAN_OLLAMA_URL": text})
+    assert message.startswith(f"FOREMAN_OLLAMA_URL={text.strip()!r} ")
+    assert "http" in message.split(";", 1)[1]
+
+
+def test_target_display_strips_credentials():
+    c = load({"FOREMAN_OLLAMA_URL": "https://user:s3cret@mac.lan:11434/prefix/"})
+    assert c.ollama_url == "https://user:s3cret@mac.lan:11434/prefix"
+    assert c.target_display == "https://mac.lan:11434/prefix"
+    assert "s3cret" not in repr(c)
+
+
+def test_bad_url_message_hides_password():
+    message = error_for({"FOREMAN_OLLAMA_URL": "ftp://user:s3cret@host"})
+    assert "s3cret" not in message
+    assert "'ftp://host'" in message
+
+
+# --- tokens -----------------------------------------------------------------------
+
+
+def test_tokens_from_environment_are_split_and_stripped():
+    c = load({"FOREMAN_TOKENS": " a ,b,, c,a ,"})
+    assert c.tokens == ("a", "b", "c")
+
+
+def test_tokens_from_file_and_environment_are_combined_and_deduplicated(tmp_path):
+    path = tmp_path / "tokens.txt"
+    path.write_text("# clients\n\n  b  \nd\n# a retired one\n#old\nc\nd\r\n")
+    c = load({"FOREMAN_TOKENS": "a,b,c", "FOREMAN_TOKENS_FILE": str(path)})
+    assert c.tokens == ("a", "b", "c", "d")
+    assert c.tokens_file == str(path)
+    assert c.auth_enabled
+
+
+def test_tokens_file_alone(tmp_path):
+    path = tmp_path / "tokens"
+    path.write_text("\ufeffonly\n")
+    assert load({"FOREMAN_TOKENS_FILE": str(path)}).tokens == ("only",)
+
+
+def test_tokens_file_flag(tmp_path):
+    path = tmp_path / "tokens"
+    path.write_text("from-flag\n")
+    c = load({"FOREMAN_TOKENS_FILE": "/nonexistent"}, flags("--tokens-file", str(path)))
+    assert c.tokens == ("from-flag",)
+
+
+def test_missing_tokens_file_names_variable_and_reason(tmp_path):
+    path = tmp_path / "absent"
+    message = error_for({"FOREMAN_TOKENS_FILE": str(path)})
+    assert message.startswith(f"FOREMAN_TOKENS_FILE={str(path)!r} ")
+    assert os.strerror(2) in message  # "No such file or directory"
+
+
+def test_directory_as_tokens_file(tmp_path):
+    message = error_for({"FOREMAN_TOKENS_FILE": str(tmp_path)})
+    assert message.startswith("FOREMAN_TOKENS_FILE=")
+    assert "cannot be read" in message
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
+def test_unreadable_tokens_file(tmp_path):
+    path = tmp_path / "tokens"
+    path.write_text("secret\n")
+    path.chmod(0)
+    message = error_for({"FOREMAN_TOKENS_FILE": str(path)})
+    assert message.startswith(f"FOREMAN_TOKENS_FILE={str(path)!r} ")
+    assert os.strerror(13) in message  # "Permission denied"
+
+
+def test_empty_tokens_file_fails_closed(tmp_path):
+    path = tmp_path / "tokens"
+    path.write_text("# nobody yet\n\n")
+    message = error_for({"FOREMAN_TOKENS_FILE": str(path)})
+    assert "holds no tokens" in message
+
+
+def test_tokens_of_only_commas_fail_closed():
+    assert "holds no tokens" in error_for({"FOREMAN_TOKENS": " , ,"})
+
+
+SECRET = "hunter2-top"
+
+
+@pytest.mark.parametrize(
+    "environ",
+    [
+        {"FOREMAN_TOKENS": f"ok,{SECRET} more"},
+        {"FOREMAN_TOKENS": f"{SECRET}\tx"},
+        {"FOREMAN_TOKENS": f"{SECRET}\u00e9"},
+        {"FOREMAN_OLLAMA_TOKEN": f"Bearer {SECRET}"},
+        {"FOREMAN_OLLAMA_TOKEN": f"{SECRET}\nInjected: header"},
+    ],
+)
+def test_token_values_never_appear_in_errors(environ):
+    message = error_for(environ)
+    variable = next(iter(environ))
+    assert message.startswith(variable)
+    assert "hidden" in message
+    assert "hunter2" not in message
+
+
+def test_token_in_file_with_whitespace_is_an_error_without_the_value(tmp_path):
+    path = tmp_path / "tokens"
+    path.write_text(f"good\n{SECRET} # trailing comment\n")
+    message = error_for({"FOREMAN_TOKENS_FILE": str(path)})
+    assert "line 2" in message
+    assert "hunter2" not in message
+
+
+def test_ollama_token_is_stripped():
+    assert load({"FOREMAN_OLLAMA_TOKEN": " abc.def \n"}).ollama_token == "abc.def"
+
+
+def test_repr_hides_tokens():
+    c = load({"FOREMAN_TOKENS": SECRET, "FOREMAN_OLLAMA_TOKEN": "upstream-secret"})
+    assert "hunter2" not in repr(c)
+    assert "upstream-secret" not in repr(c)
+
+
+# --- every error: one line, names the variable and shows the value ----------------
+
+
+@pytest.mark.parametrize(
+    "variable, value",
+    [
+        ("FOREMAN_OLLAMA_URL", "gopher://x"),
+        ("FOREMAN_POLL_INTERVAL", "soon"),
+        ("FOREMAN_POLL_INTERVAL", "0"),
+        ("FOREMAN_LISTEN", "nowhere"),
+        ("FOREMAN_LOG_FORMAT", "xml"),
+        ("FOREMAN_LOG_LEVEL", "verbose"),
+        ("FOREMAN_SHUTDOWN_GRACE", "-1s"),
+        ("FOREMAN_LISTEN", "bad\nline:80"),
+        ("FOREMAN_LOG_LEVEL", " "),
+    ],
+)
+def test_error_messages_are_one_line_with_variable_and_value(variable, value):
+    message = error_for({variable: value})
+    assert message.startswith(f"{variable}={value!r} ")
+    # What is accepted follows the semicolon.
+    assert re.search(r"; use ", message)
+
+
+def test_first_bad_value_wins():
+    message = error_for({"FOREMAN_LOG_LEVEL": "loud", "FOREMAN_LISTEN": "x"})
+    assert message.startswith("FOREMAN_LISTEN=")
