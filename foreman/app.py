@@ -1,0 +1,34 @@
+"""Building the Tornado application from its collaborators."""
+
+from __future__ import annotations
+
+import tornado.web
+
+from foreman.activity import Activity
+from foreman.auth import TokenSet
+from foreman.config import Config
+from foreman.handlers import NotFoundHandler, routes
+from foreman.inventory import Inventory
+from foreman.logs import log_request
+from foreman.ollama import Target
+
+
+def make_app(
+    config: Config,
+    target: Target,
+    inventory: Inventory,
+    activity: Activity | None = None,
+) -> tornado.web.Application:
+    collaborators = {
+        "config": config,
+        "target": target,
+        "inventory": inventory,
+        "activity": activity or Activity(),
+        "tokens": TokenSet(config.tokens),
+    }
+    return tornado.web.Application(
+        [(pattern, handler, collaborators) for pattern, handler in routes],
+        default_handler_class=NotFoundHandler,
+        default_handler_args=collaborators,
+        log_function=log_request,
+    )

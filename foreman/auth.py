@@ -1,0 +1,30 @@
+"""Inbound bearer tokens: who may use foreman."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Iterable
+
+
+class TokenSet:
+    """The bearer tokens foreman accepts from its clients."""
+
+    def __init__(self, tokens: Iterable[str]) -> None:
+        self._tokens = tuple(t.encode() for t in tokens)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._tokens)
+
+    def accepts(self, authorization: str | None) -> bool:
+        """Whether an `Authorization` header value carries an accepted token."""
+        if not self._tokens:
+            return True
+        scheme, _, credential = (authorization or "").strip().partition(" ")
+        offered = credential.strip().encode()
+        # Compare against every token, always, so the time taken says nothing
+        # about which token (or how much of one) matched.
+        matched = False
+        for token in self._tokens:
+            matched |= hmac.compare_digest(offered, token)
+        return matched and scheme.lower() == "bearer"

@@ -1,0 +1,114 @@
+"""The `foreman` command: serve (the default), stub, demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from foreman import __version__, config, logs
+
+COMMANDS = ("serve", "stub", "demo")
+
+_EPILOG = """\
+commands:
+  serve   run foreman in front of FOREMAN_OLLAMA_URL (the default)
+  stub    run the stand-in Ollama (deterministic; for trying clients without a real Ollama)
+  demo    run the stand-in and foreman in front of it, and print a curl line to try
+
+Every flag can also be given as its FOREMAN_* environment variable; a flag wins.
+"""
+
+
+def serve_parser(prog: str = "foreman") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="foreman: share one Ollama machine. An Ollama-compatible front "
+        "with a model inventory, validation, auth and health.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"foreman {__version__}")
+    config.add_arguments(parser)
+    return parser
+
+
+def stub_parser() -> argparse.ArgumentParser:
+    from foreman import stub
+
+    parser = argparse.ArgumentParser(
+        prog="foreman stub",
+        description="Run the stand-in Ollama: /api/tags, /api/ps, /api/chat, /api/version "
+        "with deterministic answers, so clients can be tried without a real Ollama.",
+    )
+    stub.add_stub_arguments(parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    command = args.pop(0) if args and args[0] in COMMANDS else "serve"
+    try:
+        if command == "stub":
+            _run_stub(args)
+        elif command == "demo":
+            _run_demo(args)
+        else:
+            _run_serve(args)
+    except KeyboardInterrupt:
+        pass
+
+
+def _load(
+    parser: argparse.ArgumentParser, args: list[str], environ: dict[str, str] | None = None
+) -> config.Config:
+    namespace = parser.parse_args(args)
+    try:
+        return config.load(os.environ if environ is None else environ, namespace)
+    except config.ConfigError as e:
+        print(f"foreman: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _run_serve(args: list[str]) -> None:
+    from foreman.server import serve
+
+    settings = _load(serve_parser(), args)
+    logs.configure(settings.log_format, settings.log_level)
+    _run(serve(settings))
+
+
+def _run_stub(args: list[str]) -> None:
+    from foreman import stub
+
+    namespace = stub_parser().parse_args(args)
+    logs.configure("text", "info")
+    _run(stub.run_from_args(namespace))
+
+
+def _run_demo(args: list[str]) -> None:
+    from foreman.demo import run_demo
+
+    parser = serve_parser("foreman demo")
+    parser.description = (
+        "Start the stand-in Ollama on a free loopback port and foreman in front of it "
+        "(on 127.0.0.1:8080 unless --listen or FOREMAN_LISTEN says otherwise)."
+    )
+    environ = dict(os.environ)
+    environ.setdefault("FOREMAN_LISTEN", "127.0.0.1:8080")
+    settings = _load(parser, args, environ)
+    logs.configure(settings.log_format, settings.log_level)
+    _run(run_demo(settings))
+
+
+def _run(coroutine: object) -> None:
+    try:
+        asyncio.run(coroutine)  # type: ignore[arg-type]
+    except OSError as e:
+        # Typically the listen address is taken: one clear line, no traceback.
+        logging.getLogger("foreman").error("%s", e)
+        raise SystemExit(1) from None
+

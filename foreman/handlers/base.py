@@ -1,0 +1,129 @@
+"""What every foreman handler shares: auth, JSON errors, in-flight tracking."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import tornado.web
+from tornado import httputil
+
+from foreman.activity import Activity
+from foreman.auth import TokenSet
+from foreman.config import Config
+from foreman.inventory import Inventory
+from foreman.ollama import (
+    Target,
+    TargetError,
+    TargetStatusError,
+    TargetTimeout,
+    TargetUnreachable,
+)
+
+JSON = "application/json; charset=utf-8"
+# How long a client is told to wait before retrying while the target is down.
+RETRY_AFTER_UNREACHABLE = 5
+
+
+class ForemanError(Exception):
+    """A request foreman refuses, with the status and sentence to answer."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers or {}
+
+
+def target_failure(error: TargetError) -> ForemanError:
+    """The answer for a target failure that happened before any byte was sent on."""
+    if isinstance(error, TargetUnreachable):
+        return ForemanError(503, str(error), {"Retry-After": str(RETRY_AFTER_UNREACHABLE)})
+    if isinstance(error, TargetTimeout):
+        return ForemanError(504, str(error))
+    return ForemanError(502, str(error))
+
+
+class BaseHandler(tornado.web.RequestHandler):
+    """Auth in `prepare`, one JSON error shape, and a count of what is in flight."""
+
+    requires_auth = True
+
+    def initialize(
+        self,
+        config: Config,
+        target: Target,
+        inventory: Inventory,
+        activity: Activity,
+        tokens: TokenSet,
+    ) -> None:
+        self.config = config
+        self.target = target
+        self.inventory = inventory
+        self.activity = activity
+        self.tokens = tokens
+        #: the model a request named, for the request log
+        self.log_model: str | None = None
+        self._counted = False
+
+    def set_default_headers(self) -> None:
+        # Ollama sends no Server header; neither does a transparent front.
+        self.clear_header("Server")
+
+    async def prepare(self) -> None:
+        self.activity.begin()
+        self._counted = True
+        if self.activity.draining:
+            self.set_header("Connection", "close")
+            self.fail(ForemanError(503, "foreman is shutting down; retry shortly", {"Retry-After": "1"}))
+            return
+        if self.requires_auth and not self.tokens.accepts(self.request.headers.get("Authorization")):
+            self.fail(
+                ForemanError(
+                    401, "missing or invalid bearer token", {"WWW-Authenticate": "Bearer"}
+                )
+            )
+
+    def on_finish(self) -> None:
+        if self._counted:
+            self._counted = False
+            self.activity.end()
+
+    def fail(self, error: ForemanError) -> None:
+        """Answer with Ollama's error shape and finish."""
+        self.clear()
+        self.set_status(error.status)
+        for name, value in error.headers.items():
+            self.set_header(name, value)
+        self.set_header("Content-Type", JSON)
+        self.finish(json.dumps({"error": error.message}))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        # Reached for errors Tornado itself raises (405, a bad request line)
+        # and for bugs: the client gets a sentence, never a traceback.
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, tornado.web.HTTPError) and exc.log_message and status_code < 500:
+            message = exc.log_message % exc.args if exc.args else exc.log_message
+        elif status_code == 405:
+            message = f"method {self.request.method} not allowed on {self.request.path}"
+        elif status_code >= 500:
+            message = "internal error in foreman; see its log"
+        else:
+            message = httputil.responses.get(status_code, "error").lower()
+        self.set_header("Content-Type", JSON)
+        self.finish(json.dumps({"error": message}))
+
+    def send_target_answer(self, error: TargetStatusError) -> None:
+        """Pass a target's error answer through unchanged."""
+        self.set_status(error.status)
+        self.set_header("Content-Type", error.content_type or JSON)
+        self.finish(error.body)
+
+
+class NotFoundHandler(BaseHandler):
+    """Every route foreman does not serve."""
+
+    async def prepare(self) -> None:
+        await super().prepare()
+        if not self._finished:
+            self.fail(ForemanError(404, f"no route for {self.request.method} {self.request.path}"))

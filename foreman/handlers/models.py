@@ -1,0 +1,44 @@
+"""GET /api/tags (from the inventory) and GET /api/ps (live from the target)."""
+
+from __future__ import annotations
+
+from foreman.handlers.base import JSON, RETRY_AFTER_UNREACHABLE, BaseHandler, ForemanError, target_failure
+from foreman.ollama import TargetError, TargetStatusError
+
+
+class TagsHandler(BaseHandler):
+    """The inventory, in the target's own bytes; the last-known one while it is down."""
+
+    def get(self) -> None:
+        body = self.inventory.tags_body
+        if body is None:
+            reason = self.inventory.last_error or "the first poll has not finished"
+            self.fail(
+                ForemanError(
+                    503,
+                    f"no model inventory yet: {reason}",
+                    {"Retry-After": str(RETRY_AFTER_UNREACHABLE)},
+                )
+            )
+            return
+        self.set_header("Content-Type", JSON)
+        self.finish(body)
+
+
+class RunningModelsHandler(BaseHandler):
+    """What the target has loaded right now, so always asked live."""
+
+    async def get(self) -> None:
+        try:
+            response = await self.target.fetch("/api/ps")
+        except TargetStatusError as e:
+            self.send_target_answer(e)
+            return
+        except TargetError as e:
+            self.fail(target_failure(e))
+            return
+        self.set_header("Content-Type", response.headers.get("Content-Type", JSON))
+        self.finish(response.body)
+
+
+routes = [(r"/api/tags", TagsHandler), (r"/api/ps", RunningModelsHandler)]

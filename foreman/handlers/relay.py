@@ -1,0 +1,111 @@
+"""Relaying a target's answer to a client as it arrives.
+
+`RelayHandler` sends a client's request to the target and hands each chunk
+of the answer to the client the moment it comes, awaiting the flush so that
+a slow reader slows the target instead of filling foreman's memory. When
+the client goes away, the target connection is closed at once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable
+
+import tornado.web
+
+from foreman.handlers.base import BaseHandler, target_failure
+from foreman.ollama import Cancelled, TargetError, Upstream
+
+log = logging.getLogger("foreman.relay")
+
+# A single JSON document (a non-streaming answer or an error) is held until
+# it is complete: nothing is gained by sending half of it, and a target that
+# breaks off mid-document can then still be answered with a clean 502.
+_WHOLE_DOCUMENT_TYPES = frozenset({"application/json"})
+# Larger whole documents than this are relayed as they come instead.
+_MAX_HELD_DOCUMENT = 64 << 20
+
+
+class ClientSink:
+    """The `Sink` that writes a target's answer to one client."""
+
+    def __init__(self, handler: tornado.web.RequestHandler) -> None:
+        self._handler = handler
+        self._held: list[bytes] | None = None
+        self._held_size = 0
+        #: whether any byte has gone out to the client
+        self.sent = False
+        #: whether what went out ends with a complete line
+        self.at_line_start = True
+
+    def start(self, status: int, reason: str, headers: list[tuple[str, str]]) -> None:
+        handler = self._handler
+        handler.set_status(status, reason or None)
+        for name in ("Content-Type", "Date", "Server"):
+            handler.clear_header(name)
+        content_type = ""
+        for name, value in headers:
+            handler.add_header(name, value)
+            if name.lower() == "content-type":
+                content_type = value
+        media_type = content_type.partition(";")[0].strip().lower()
+        if media_type in _WHOLE_DOCUMENT_TYPES:
+            self._held = []
+
+    def write(self, chunk: bytes) -> Awaitable[None] | None:
+        if self._held is not None:
+            self._held.append(chunk)
+            self._held_size += len(chunk)
+            if self._held_size <= _MAX_HELD_DOCUMENT:
+                return None
+            chunk, self._held = b"".join(self._held), None
+        self._handler.write(chunk)
+        self.sent = True
+        self.at_line_start = chunk.endswith(b"\n")
+        return self._handler.flush()
+
+    def finish(self) -> None:
+        if self._held:
+            self._handler.write(b"".join(self._held))
+        self._handler.finish()
+
+
+class RelayHandler(BaseHandler):
+    """A handler whose answer comes from the target."""
+
+    _upstream: Upstream | None = None
+    _client_gone = False
+
+    def on_connection_close(self) -> None:
+        self._client_gone = True
+        if self._upstream is not None:
+            self._upstream.close()
+
+    async def relay(self, method: str, path: str, body: bytes | None) -> None:
+        """Send this request to the target and relay the answer; always finishes."""
+        if self._client_gone:
+            return
+        upstream = self._upstream = Upstream()
+        sink = ClientSink(self)
+        try:
+            await self.target.relay(method, path, body, self.request.headers, sink, upstream)
+        except Cancelled:
+            log.debug("client left %s %s; target request closed", method, path)
+            return
+        except TargetError as e:
+            if self._client_gone or self.request.connection.stream.closed():
+                return
+            if sink.sent:
+                # Status and headers are on the wire; all that is left is to
+                # say what happened in the stream itself, as Ollama does.
+                log.warning("%s %s broke off mid-stream: %s", method, path, e)
+                line = json.dumps({"error": str(e)}) + "\n"
+                self.finish(line if sink.at_line_start else "\n" + line)
+            else:
+                self.fail(target_failure(e))
+            return
+        finally:
+            self._upstream = None
+        if not self._client_gone:
+            sink.finish()

@@ -1,0 +1,119 @@
+"""The model inventory: what the target has, kept fresh by a poller.
+
+The poller fetches `/api/tags` once at start-up and then every poll
+interval. A failed poll keeps the last-known inventory and marks foreman
+degraded; the next good poll clears it. Polls never overlap: a periodic
+tick and any number of on-demand re-polls (a client asked for a model the
+inventory lacks) that arrive while a poll runs all share that poll.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+
+from tornado.ioloop import PeriodicCallback
+
+from foreman.names import canonical
+from foreman.ollama import Target, TargetError, TargetUnusable
+
+log = logging.getLogger("foreman.inventory")
+
+
+class Inventory:
+    def __init__(self, target: Target, poll_interval: float) -> None:
+        self._target = target
+        self._interval = poll_interval
+        self._timer: PeriodicCallback | None = None
+        self._poll: asyncio.Future[bool] | None = None
+        self._names: frozenset[str] = frozenset()
+        #: the target's /api/tags body exactly as it sent it, or None before the first good poll
+        self.tags_body: bytes | None = None
+        self.last_poll: datetime.datetime | None = None
+        self.last_error: str | None = None
+        self.polls_tried = 0
+        self.degraded = True
+
+    @property
+    def model_count(self) -> int:
+        return len(self._names)
+
+    def start(self) -> asyncio.Future[bool]:
+        """Poll now, then every interval; returns the first poll."""
+        first = self.refresh()
+        self._timer = PeriodicCallback(self.refresh, self._interval * 1000)
+        self._timer.start()
+        return first
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.stop()
+            self._timer = None
+
+    def has(self, name: str) -> bool:
+        return canonical(name) in self._names
+
+    async def find(self, name: str) -> bool:
+        """Whether the target has `name`, re-polling once on a miss."""
+        if self.has(name):
+            return True
+        await self.refresh()
+        return self.has(name)
+
+    def refresh(self) -> asyncio.Future[bool]:
+        """Poll unless a poll is running, and return the running poll.
+
+        Resolves to whether the poll succeeded; never raises.
+        """
+        if self._poll is None or self._poll.done():
+            self._poll = asyncio.ensure_future(self._poll_once())
+        return self._poll
+
+    async def _poll_once(self) -> bool:
+        try:
+            response = await self._target.fetch("/api/tags")
+            names = _model_names(response.json())
+        except TargetError as e:
+            self._record_failure(str(e))
+            return False
+        except Exception as e:  # a poll must never kill the poller
+            log.exception("unexpected error while polling the target")
+            self._record_failure(f"unexpected error: {e}")
+            return False
+        else:
+            self._record_success(response.body, names)
+            return True
+        finally:
+            self.polls_tried += 1
+
+    def _record_success(self, body: bytes, names: frozenset[str]) -> None:
+        if self.degraded and self.polls_tried:
+            log.info("target %s is reachable again", self._target.display_url)
+        if names != self._names:
+            log.info("inventory: %d models", len(names))
+        self.tags_body = body
+        self._names = names
+        self.last_poll = datetime.datetime.now(datetime.timezone.utc)
+        self.last_error = None
+        self.degraded = False
+
+    def _record_failure(self, error: str) -> None:
+        if not self.degraded or not self.polls_tried or error != self.last_error:
+            log.warning("polling the target failed: %s", error)
+        self.last_error = error
+        self.degraded = True
+
+
+def _model_names(document: object) -> frozenset[str]:
+    if not isinstance(document, dict) or not isinstance(document.get("models"), list):
+        raise TargetUnusable("the target's /api/tags is not an object with a 'models' list")
+    names: set[str] = set()
+    for entry in document["models"]:
+        if not isinstance(entry, dict):
+            continue
+        for key in ("name", "model"):
+            value = entry.get(key)
+            if isinstance(value, str) and value:
+                names.add(canonical(value))
+    return frozenset(names)

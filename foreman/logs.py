@@ -1,0 +1,84 @@
+"""Logging to stderr, as text for a person or one JSON object a line."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import sys
+from typing import Any
+
+import tornado.web
+
+access_log = logging.getLogger("foreman.access")
+
+# Attributes every LogRecord has; anything else was passed in `extra=`.
+_STANDARD_ATTRS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.datetime.fromtimestamp(record.created, datetime.timezone.utc)
+            .isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key not in _STANDARD_ATTRS and not key.startswith("_"):
+                entry[key] = value
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def configure(log_format: str, level: str) -> None:
+    """Send every log record to stderr in the chosen format."""
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+        )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # Tornado's own access log is replaced by `log_request`.
+    logging.getLogger("tornado.access").setLevel(logging.WARNING)
+
+
+def log_request(handler: tornado.web.RequestHandler) -> None:
+    """One line per request: method, path, status, duration, model."""
+    status = handler.get_status()
+    request = handler.request
+    duration_ms = 1000.0 * request.request_time()
+    model = getattr(handler, "log_model", None)
+    if status >= 500:
+        level = logging.ERROR
+    elif status >= 400:
+        level = logging.WARNING
+    elif request.path == "/healthz":
+        # Probed every few seconds by service managers: not worth a line each.
+        level = logging.DEBUG
+    else:
+        level = logging.INFO
+    access_log.log(
+        level,
+        "%s %s %d %.1fms%s",
+        request.method,
+        request.path,
+        status,
+        duration_ms,
+        f" model={model}" if model else "",
+        extra={
+            "method": request.method,
+            "path": request.path,
+            "status": status,
+            "duration_ms": round(duration_ms, 3),
+            "model": model,
+            "remote": request.remote_ip,
+        },
+    )

@@ -1,0 +1,344 @@
+"""The client foreman uses to talk to its one Ollama server (the target).
+
+Handlers and the poller depend on the `Target` protocol, not on Tornado's
+HTTP client. `TargetClient` implements it with one shared
+`SimpleAsyncHTTPClient` configured for multi-minute streams and many
+concurrent ones.
+
+Failures are classified, because what to do next depends on the kind:
+
+- `TargetUnreachable`: no response at all (refused, reset or closed before
+  any response byte, DNS failure, connect timeout). Nothing reached a model,
+  so the request may be retried.
+- `TargetTimeout`: connected, but no answer before a deadline.
+- `TargetUnusable`: the target sent something foreman cannot relay
+  (malformed HTTP, a broken-off response, a non-JSON inventory).
+- `TargetStatusError`: the target answered with a non-2xx status (only raised
+  by `fetch`; `relay` passes such answers through unchanged).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import ssl
+from collections.abc import Awaitable, Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+from tornado import httputil
+from tornado.httpclient import HTTPClientError, HTTPRequest
+from tornado.iostream import IOStream, StreamClosedError
+from tornado.simple_httpclient import (
+    HTTPStreamClosedError,
+    HTTPTimeoutError,
+    SimpleAsyncHTTPClient,
+    _HTTPConnection,
+)
+
+# Headers that describe one connection rather than the message (RFC 9110
+# 7.6.1); forwarding them would corrupt the framing of the other hop.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+
+# Never forwarded to the target: Host must be the target's own (Ollama on
+# loopback answers a foreign Host with 403), the client's Authorization is
+# for foreman, and the length is recomputed for the body actually sent.
+_NOT_FORWARDED_UPSTREAM = HOP_BY_HOP | {"host", "authorization", "content-length", "expect"}
+
+# Dropped from the target's answer: the relay re-frames the body itself.
+_NOT_RELAYED_DOWNSTREAM = HOP_BY_HOP | {"content-length"}
+
+CONNECT_TIMEOUT = 10.0
+METADATA_TIMEOUT = 30.0
+# One HTTP client per process; the queue (when there is one) bounds how many
+# requests reach it, so this only has to be larger than any sane load.
+MAX_CONNECTIONS = 1024
+# A stream that runs for hours must not trip Tornado's body limit, which with
+# a streaming_callback is the only one that applies.
+MAX_STREAMED_BODY = 1 << 50
+
+
+class TargetError(Exception):
+    """Something went wrong talking to the target."""
+
+
+class TargetUnreachable(TargetError):
+    """No response at all: safe to retry, nothing reached a model."""
+
+
+class TargetTimeout(TargetError):
+    """Connected, but the target did not answer before a deadline."""
+
+
+class TargetUnusable(TargetError):
+    """The target sent something that cannot be relayed or understood."""
+
+
+class TargetStatusError(TargetError):
+    """The target answered with a non-2xx status."""
+
+    def __init__(self, status: int, body: bytes, content_type: str | None) -> None:
+        super().__init__(f"target answered {status}: {body[:200]!r}")
+        self.status = status
+        self.body = body
+        self.content_type = content_type
+
+
+class Cancelled(TargetError):
+    """The request was cancelled by foreman (its client went away)."""
+
+
+@dataclass(frozen=True)
+class TargetResponse:
+    status: int
+    headers: httputil.HTTPHeaders
+    body: bytes
+
+    def json(self) -> object:
+        try:
+            return json.loads(self.body)
+        except ValueError as e:
+            raise TargetUnusable(f"target sent a body that is not JSON: {e}") from e
+
+
+class Sink(Protocol):
+    """Where a relayed response goes, as it arrives."""
+
+    def start(self, status: int, reason: str, headers: list[tuple[str, str]]) -> None:
+        """Called once, with the target's status line and end-to-end headers, before any body."""
+
+    def write(self, chunk: bytes) -> Awaitable[None]:
+        """Called per body chunk; the next chunk is not read until the result resolves."""
+
+
+class Upstream:
+    """A handle on one relayed request's connection to the target.
+
+    Tornado cannot cancel an in-flight fetch (a cancelled future leaves the
+    socket open and the target generating). The handle is given the stream
+    as soon as it is connected, so `close()` ends the request at once, even
+    while the target has not sent a byte.
+    """
+
+    def __init__(self) -> None:
+        self.closed = False
+        self.response_started = False
+        self._stream: IOStream | None = None
+
+    def attach(self, stream: IOStream) -> None:
+        if self.closed:
+            stream.close()
+        else:
+            self._stream = stream
+
+    def close(self) -> None:
+        self.closed = True
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
+
+    def detach(self) -> None:
+        """Forget the stream once its response is over (Tornado closes it)."""
+        self._stream = None
+
+
+class _UpstreamRequest(HTTPRequest):
+    upstream: Upstream | None = None
+
+
+class _HandsOverStream(_HTTPConnection):
+    def _create_connection(self, stream: IOStream):  # type: ignore[no-untyped-def]
+        upstream = getattr(self.request.request, "upstream", None)
+        if upstream is not None:
+            upstream.attach(stream)
+        return super()._create_connection(stream)
+
+
+class _Client(SimpleAsyncHTTPClient):
+    def _connection_class(self) -> type:
+        return _HandsOverStream
+
+
+class Target(Protocol):
+    """What foreman needs from an Ollama server."""
+
+    display_url: str
+
+    async def fetch(self, path: str) -> TargetResponse:
+        """GET a small JSON document (tags, ps); non-2xx raises TargetStatusError."""
+
+    async def relay(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None,
+        headers: httputil.HTTPHeaders,
+        sink: Sink,
+        upstream: Upstream,
+    ) -> None:
+        """Send a client's request on and feed the answer, whatever its status, to `sink`."""
+
+    def close(self) -> None:
+        """Release connections; the client is unusable afterwards."""
+
+
+def forwardable_headers(headers: httputil.HTTPHeaders) -> httputil.HTTPHeaders:
+    """The client's headers that may go to the target (end-to-end, not credentials)."""
+    named_in_connection = _connection_tokens(headers.get_list("Connection"))
+    out = httputil.HTTPHeaders()
+    for name, value in headers.get_all():
+        lower = name.lower()
+        if lower in _NOT_FORWARDED_UPSTREAM or lower in named_in_connection:
+            continue
+        out.add(name, value)
+    return out
+
+
+def _connection_tokens(values: Iterable[str]) -> set[str]:
+    return {t.strip().lower() for v in values for t in v.split(",") if t.strip()}
+
+
+class TargetClient:
+    """The `Target` over HTTP, with one shared client for the whole process."""
+
+    def __init__(self, base_url: str, token: str | None, display_url: str) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.display_url = display_url
+        self._token = token
+        self._http = _Client(
+            force_instance=True,
+            max_clients=MAX_CONNECTIONS,
+            max_body_size=MAX_STREAMED_BODY,
+            defaults={"connect_timeout": CONNECT_TIMEOUT},
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    async def fetch(self, path: str) -> TargetResponse:
+        headers = httputil.HTTPHeaders({"Accept": "application/json"})
+        self._authorize(headers)
+        request = HTTPRequest(
+            self.base_url + path,
+            headers=headers,
+            request_timeout=METADATA_TIMEOUT,
+            follow_redirects=False,
+            decompress_response=True,
+        )
+        try:
+            response = await self._http.fetch(request, raise_error=False)
+        except Exception as e:
+            raise self._classify(e, response_started=False) from e
+        if not 200 <= response.code < 300:
+            raise TargetStatusError(
+                response.code, response.body or b"", response.headers.get("Content-Type")
+            )
+        return TargetResponse(response.code, response.headers, response.body or b"")
+
+    async def relay(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None,
+        headers: httputil.HTTPHeaders,
+        sink: Sink,
+        upstream: Upstream,
+    ) -> None:
+        outgoing = forwardable_headers(headers)
+        self._authorize(outgoing)
+        status_line: list[httputil.ResponseStartLine] = []
+        response_headers: list[tuple[str, str]] = []
+
+        # Tornado hands the header block over line by line, then "\r\n".
+        def on_header_line(line: str) -> None:
+            line = line.rstrip("\r\n")
+            if not status_line:
+                status_line.append(httputil.parse_response_start_line(line))
+                return
+            if not line:
+                start = status_line[0]
+                upstream.response_started = True
+                sink.start(start.code, start.reason, _downstream_headers(response_headers))
+                return
+            name, _, value = line.partition(":")
+            response_headers.append((name.strip(), value.strip()))
+
+        request = _UpstreamRequest(
+            self.base_url + path,
+            method=method,
+            headers=outgoing,
+            body=body,
+            # No overall deadline: a generation may stream for many minutes.
+            request_timeout=0,
+            follow_redirects=False,
+            decompress_response=False,
+            allow_nonstandard_methods=True,
+            header_callback=on_header_line,
+            streaming_callback=sink.write,
+        )
+        request.upstream = upstream
+        if upstream.closed:
+            raise Cancelled("the client went away before the request was sent")
+        try:
+            await self._http.fetch(request, raise_error=False)
+        except Exception as e:
+            if upstream.closed:
+                raise Cancelled("the client went away") from e
+            raise self._classify(e, upstream.response_started) from e
+        finally:
+            upstream.detach()
+
+    def _authorize(self, headers: httputil.HTTPHeaders) -> None:
+        if self._token:
+            headers["Authorization"] = f"Bearer {self._token}"
+
+    def _classify(self, error: BaseException, response_started: bool) -> TargetError:
+        where = self.display_url
+        if isinstance(error, TargetError):
+            return error
+        if response_started:
+            return TargetUnusable(f"the target {where} broke off its response: {_describe(error)}")
+        if isinstance(error, HTTPTimeoutError):
+            if "connect" in str(error).lower() or "queue" in str(error).lower():
+                return TargetUnreachable(f"cannot connect to the target {where}: connection timed out")
+            return TargetTimeout(f"the target {where} did not answer in time")
+        if isinstance(error, ssl.SSLError):
+            return TargetUnusable(f"TLS with the target {where} failed: {_describe(error)}")
+        if isinstance(error, (OSError, StreamClosedError, HTTPStreamClosedError, socket.gaierror)):
+            return TargetUnreachable(f"cannot connect to the target {where}: {_describe(error)}")
+        if isinstance(error, httputil.HTTPInputError):
+            return TargetUnusable(f"the target {where} sent a malformed HTTP response: {error}")
+        if isinstance(error, HTTPClientError):
+            return TargetUnreachable(f"cannot connect to the target {where}: {_describe(error)}")
+        return TargetUnusable(f"talking to the target {where} failed: {_describe(error)}")
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, socket.gaierror):
+        return f"name lookup failed ({error.strerror or error})"
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    if isinstance(error, HTTPClientError):
+        return error.message or str(error)
+    return str(error) or type(error).__name__
+
+
+def _downstream_headers(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    named = _connection_tokens(v for k, v in headers if k.lower() == "connection")
+    return [
+        (k, v)
+        for k, v in headers
+        if k.lower() not in _NOT_RELAYED_DOWNSTREAM and k.lower() not in named
+    ]

@@ -1,0 +1,97 @@
+"""Fixtures: a stand-in Ollama on a loopback port and a real foreman in front of it.
+
+Both run on the test's IOLoop and are reached over real sockets. Sync client
+libraries (the `ollama` package, curl) run in a thread or a subprocess so
+the loop keeps serving while they wait.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import pytest
+from tornado.httpclient import HTTPRequest, HTTPResponse
+from tornado.simple_httpclient import SimpleAsyncHTTPClient
+
+from foreman import config
+from foreman.server import Foreman
+from foreman.stub import StubOllama
+
+@pytest.fixture
+def stub(io_loop) -> Iterator[StubOllama]:
+    server = StubOllama()
+    server.listen()
+    yield server
+    io_loop.run_sync(server.stop)
+
+
+def foreman_config(target_url: str, **env: str) -> config.Config:
+    environ = {
+        "FOREMAN_OLLAMA_URL": target_url,
+        "FOREMAN_LISTEN": "127.0.0.1:0",
+        # Tests poll on demand; a periodic poll would race their assertions.
+        "FOREMAN_POLL_INTERVAL": "1h",
+        "FOREMAN_SHUTDOWN_GRACE": "5s",
+    }
+    environ.update(env)
+    return config.load(environ)
+
+
+@dataclass
+class Front:
+    """A running foreman, as a test sees it."""
+
+    foreman: Foreman
+    url: str
+    clients: list[SimpleAsyncHTTPClient] = field(default_factory=list)
+
+    @property
+    def inventory(self):
+        return self.foreman.inventory
+
+    async def ready(self) -> None:
+        """Wait for the first poll of the target to finish."""
+        assert self.foreman.first_poll is not None
+        await self.foreman.first_poll
+
+    def client(self, max_clients: int = 10) -> SimpleAsyncHTTPClient:
+        http = SimpleAsyncHTTPClient(force_instance=True, max_clients=max_clients)
+        self.clients.append(http)
+        return http
+
+    async def fetch(self, path: str, **kwargs) -> HTTPResponse:
+        kwargs.setdefault("raise_error", False)
+        kwargs.setdefault("request_timeout", 60)
+        if isinstance(kwargs.get("body"), (dict, list)):
+            kwargs["body"] = json.dumps(kwargs["body"])
+        return await self.client().fetch(HTTPRequest(self.url + path, **_split(kwargs)), raise_error=kwargs["raise_error"])
+
+
+def _split(kwargs: dict) -> dict:
+    return {k: v for k, v in kwargs.items() if k != "raise_error"}
+
+
+@pytest.fixture
+def start_foreman(io_loop, stub) -> Iterator[Callable[..., Front]]:
+    """Start a foreman in front of `stub` (or another target), with FOREMAN_* overrides."""
+    fronts: list[Front] = []
+
+    def start(target_url: str | None = None, **env: str) -> Front:
+        instance = Foreman(foreman_config(target_url or stub.url, **env))
+        instance.start()
+        front = Front(instance, instance.urls[0])
+        fronts.append(front)
+        return front
+
+    yield start
+    for front in fronts:
+        for http in front.clients:
+            http.close()
+        io_loop.run_sync(lambda f=front: f.foreman.drain(0), timeout=30)
+
+
+@pytest.fixture
+def foreman(start_foreman) -> Front:
+    return start_foreman()

@@ -1,0 +1,92 @@
+"""Helpers the tests share: reading NDJSON streams, subprocess environments."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+
+from tornado.httpclient import HTTPRequest
+
+ROOT = Path(__file__).resolve().parent.parent
+# Executables installed beside the interpreter running the tests (the venv).
+BIN = Path(sys.executable).parent
+
+
+def ndjson(body: bytes) -> list[dict]:
+    return [json.loads(line) for line in body.splitlines() if line.strip()]
+
+
+class StreamReader:
+    """Reads a streamed response chunk by chunk, letting a test await each line."""
+
+    def __init__(self) -> None:
+        self.lines: list[dict] = []
+        self.raw = b""
+        self._pending = b""
+        self._changed = asyncio.Event()
+        self.status: int | None = None
+        self.headers: dict[str, str] = {}
+
+    def on_header(self, line: str) -> None:
+        if self.status is None and line.startswith("HTTP/"):
+            self.status = int(line.split()[1])
+        elif ":" in line:
+            name, _, value = line.partition(":")
+            self.headers[name.strip().lower()] = value.strip()
+
+    def on_chunk(self, chunk: bytes) -> None:
+        self.raw += chunk
+        self._pending += chunk
+        *complete, self._pending = self._pending.split(b"\n")
+        self.lines.extend(json.loads(line) for line in complete if line.strip())
+        self._changed.set()
+
+    async def wait_lines(self, count: int, timeout: float = 10.0) -> None:
+        async def wait() -> None:
+            while len(self.lines) < count:
+                self._changed.clear()
+                await self._changed.wait()
+
+        await asyncio.wait_for(wait(), timeout)
+
+    def request(self, url: str, body: dict, **kwargs) -> HTTPRequest:
+        return HTTPRequest(
+            url,
+            method="POST",
+            body=json.dumps(body),
+            header_callback=self.on_header,
+            streaming_callback=self.on_chunk,
+            request_timeout=kwargs.pop("request_timeout", 120),
+            **kwargs,
+        )
+
+
+def subprocess_env() -> dict[str, str]:
+    """The environment for a foreman subprocess: this venv first on PATH."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FOREMAN_")}
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+
+async def raw_post(url: str, path: str, body: dict, headers: dict[str, str] | None = None):
+    """Send a POST over a bare socket and return the open stream.
+
+    The test decides when to read and when to hang up, which Tornado's HTTP
+    client cannot do (closing the client leaves its connections open).
+    """
+    from urllib.parse import urlsplit
+
+    from tornado.tcpclient import TCPClient
+
+    parts = urlsplit(url)
+    stream = await TCPClient().connect(parts.hostname, parts.port)
+    payload = json.dumps(body).encode()
+    lines = [f"POST {path} HTTP/1.1", f"Host: {parts.netloc}", f"Content-Length: {len(payload)}"]
+    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+    await stream.write(("\r\n".join(lines) + "\r\n\r\n").encode() + payload)
+    return stream

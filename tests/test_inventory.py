@@ -1,0 +1,131 @@
+"""The model inventory: polling, degradation and recovery, name resolution."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from foreman.names import canonical
+
+
+@pytest.mark.parametrize(
+    "given, stored",
+    [
+        ("llama3.2", "llama3.2:latest"),
+        ("Llama3.2:Latest", "llama3.2:latest"),
+        ("library/llama3.2", "llama3.2:latest"),
+        ("registry.ollama.ai/library/llama3.2:latest", "llama3.2:latest"),
+        ("qwen2.5:0.5b", "qwen2.5:0.5b"),
+        ("hf.co/example/tiny-gguf:Q4_K_M", "hf.co/example/tiny-gguf:q4_k_m"),
+        ("llama3.2@sha256:abc", "llama3.2:latest"),
+        ("localhost:5000/team/model", "localhost:5000/team/model:latest"),
+    ],
+)
+def test_names_resolve_as_ollama_does(given: str, stored: str) -> None:
+    assert canonical(given) == canonical(stored)
+
+
+@pytest.mark.parametrize(
+    "a, b",
+    [
+        ("llama3.2", "llama3.2:1b"),
+        ("llama3.2", "someone/llama3.2"),
+        ("llama3.2", "other.host/library/llama3.2"),
+        ("localhost:5000/team/model", "team/model"),
+    ],
+)
+def test_different_names_stay_different(a: str, b: str) -> None:
+    assert canonical(a) != canonical(b)
+
+
+async def test_first_poll_fills_inventory(foreman, stub) -> None:
+    await foreman.ready()
+    assert not foreman.inventory.degraded
+    for name in stub.models:
+        assert foreman.inventory.has(name)
+    assert foreman.inventory.model_count == len(stub.models)
+
+
+async def test_tags_served_from_inventory_in_targets_bytes(foreman, stub) -> None:
+    await foreman.ready()
+    polls = stub.tags_polls
+    response = await foreman.fetch("/api/tags")
+    assert response.code == 200
+    assert response.headers["Content-Type"].startswith("application/json")
+    assert [m["name"] for m in json.loads(response.body)["models"]] == stub.models
+    # Served from the inventory, not fetched again.
+    assert stub.tags_polls == polls
+    direct = await foreman.client().fetch(stub.url + "/api/tags")
+    assert response.body == direct.body
+
+
+async def test_tags_before_any_successful_poll_is_503(start_foreman, stub) -> None:
+    await stub.stop()
+    front = start_foreman()
+    await front.ready()
+    response = await front.fetch("/api/tags")
+    assert response.code == 503
+    assert "Retry-After" in response.headers
+    assert "no model inventory yet" in json.loads(response.body)["error"]
+
+
+async def test_poller_degrades_keeps_inventory_and_recovers(start_foreman, stub) -> None:
+    front = start_foreman(FOREMAN_POLL_INTERVAL="100ms")
+    await front.ready()
+    health = await front.fetch("/healthz")
+    assert health.code == 200
+    assert json.loads(health.body)["status"] == "ok"
+
+    port = int(stub.url.rsplit(":", 1)[1])
+    await stub.stop()
+    await _wait_until(lambda: front.inventory.degraded)
+    health = await front.fetch("/healthz")
+    body = json.loads(health.body)
+    assert health.code == 503
+    assert body["status"] == "degraded" and body["degraded"] is True
+    assert body["last_error"] and "cannot connect" in body["last_error"]
+    assert body["models"] == len(stub.models)
+    assert body["last_poll"] is not None
+    # The last-known inventory is still served while the target is down.
+    tags = await front.fetch("/api/tags")
+    assert tags.code == 200
+    assert len(json.loads(tags.body)["models"]) == len(stub.models)
+
+    stub.listen(port)
+    await _wait_until(lambda: not front.inventory.degraded)
+    health = await front.fetch("/healthz")
+    assert health.code == 200
+    assert json.loads(health.body)["last_error"] is None
+
+
+async def test_healthz_fields_and_no_credentials(start_foreman, stub) -> None:
+    url_with_credentials = stub.url.replace("http://", "http://user:secret@")
+    front = start_foreman(url_with_credentials, FOREMAN_TOKENS="tok-1")
+    await front.ready()
+    response = await front.fetch("/healthz")  # no Authorization: healthz is open
+    body = json.loads(response.body)
+    assert response.code == 200
+    assert set(body) >= {"status", "degraded", "target", "last_poll", "last_error", "models"}
+    assert body["target"] == stub.url
+    assert "secret" not in response.body.decode() and "tok-1" not in response.body.decode()
+    assert body["last_poll"].endswith("Z")
+
+
+async def test_burst_of_misses_causes_one_poll(foreman, stub) -> None:
+    await foreman.ready()
+    polls = stub.tags_polls
+    body = {"model": "not-there", "messages": []}
+    responses = await asyncio.gather(*(foreman.fetch("/api/chat", method="POST", body=body) for _ in range(20)))
+    assert {r.code for r in responses} == {404}
+    # Twenty misses at once share re-polls instead of each causing one.
+    assert stub.tags_polls - polls <= 2
+
+
+async def _wait_until(predicate, timeout: float = 10.0) -> None:
+    async def wait() -> None:
+        while not predicate():
+            await asyncio.sleep(0.02)
+
+    await asyncio.wait_for(wait(), timeout)
