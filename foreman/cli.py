@@ -86,7 +86,7 @@ def _run_stub(args: list[str]) -> None:
 
     namespace = stub_parser().parse_args(args)
     logs.configure("text", "info")
-    _run(stub.run_from_args(namespace))
+    _run(stub.stub_from_args(namespace))
 
 
 def _run_demo(args: list[str]) -> None:

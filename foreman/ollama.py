@@ -19,18 +19,18 @@ Failures are classified, because what to do next depends on the kind:
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import ssl
 from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from tornado import httputil
 from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.iostream import IOStream, StreamClosedError
 from tornado.simple_httpclient import (
-    HTTPStreamClosedError,
     HTTPTimeoutError,
     SimpleAsyncHTTPClient,
     _HTTPConnection,
@@ -134,14 +134,33 @@ class Upstream:
 
     def __init__(self) -> None:
         self.closed = False
+        #: the target's header block arrived (even if it then failed to parse)
+        self.head_received = False
+        #: the target's status and headers were parsed and passed on
         self.response_started = False
         self._stream: IOStream | None = None
 
     def attach(self, stream: IOStream) -> None:
         if self.closed:
             stream.close()
-        else:
-            self._stream = stream
+            return
+        self._stream = stream
+        # Tornado swallows a malformed response head (it logs it and closes
+        # the connection), which then looks exactly like a target that hung up
+        # without answering. Noting that a head arrived tells the two apart:
+        # one is worth retrying, the other is not.
+        read_head = stream.read_until_regex
+
+        def read_head_noting_arrival(*args: Any, **kwargs: Any) -> Awaitable[bytes]:
+            future = read_head(*args, **kwargs)
+            future.add_done_callback(self._note_head)
+            return future
+
+        stream.read_until_regex = read_head_noting_arrival  # type: ignore[method-assign]
+
+    def _note_head(self, future: asyncio.Future[bytes]) -> None:
+        if not future.cancelled() and future.exception() is None:
+            self.head_received = True
 
     def close(self) -> None:
         self.closed = True
@@ -213,10 +232,17 @@ def _connection_tokens(values: Iterable[str]) -> set[str]:
 class TargetClient:
     """The `Target` over HTTP, with one shared client for the whole process."""
 
-    def __init__(self, base_url: str, token: str | None, display_url: str) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        token: str | None,
+        display_url: str,
+        metadata_timeout: float = METADATA_TIMEOUT,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.display_url = display_url
         self._token = token
+        self._metadata_timeout = metadata_timeout
         self._http = _Client(
             force_instance=True,
             max_clients=MAX_CONNECTIONS,
@@ -230,17 +256,27 @@ class TargetClient:
     async def fetch(self, path: str) -> TargetResponse:
         headers = httputil.HTTPHeaders({"Accept": "application/json"})
         self._authorize(headers)
-        request = HTTPRequest(
+        upstream = Upstream()
+
+        def on_header_line(line: str) -> None:
+            if line == "\r\n":
+                upstream.response_started = True
+
+        request = _UpstreamRequest(
             self.base_url + path,
             headers=headers,
-            request_timeout=METADATA_TIMEOUT,
+            request_timeout=self._metadata_timeout,
             follow_redirects=False,
             decompress_response=True,
+            header_callback=on_header_line,
         )
+        request.upstream = upstream
         try:
             response = await self._http.fetch(request, raise_error=False)
         except Exception as e:
-            raise self._classify(e, response_started=False) from e
+            raise self._classify(e, upstream) from e
+        finally:
+            upstream.detach()
         if not 200 <= response.code < 300:
             raise TargetStatusError(
                 response.code, response.body or b"", response.headers.get("Content-Type")
@@ -296,7 +332,7 @@ class TargetClient:
         except Exception as e:
             if upstream.closed:
                 raise Cancelled("the client went away") from e
-            raise self._classify(e, upstream.response_started) from e
+            raise self._classify(e, upstream) from e
         finally:
             upstream.detach()
 
@@ -304,23 +340,22 @@ class TargetClient:
         if self._token:
             headers["Authorization"] = f"Bearer {self._token}"
 
-    def _classify(self, error: BaseException, response_started: bool) -> TargetError:
+    def _classify(self, error: BaseException, upstream: Upstream) -> TargetError:
         where = self.display_url
         if isinstance(error, TargetError):
             return error
-        if response_started:
+        if upstream.response_started:
             return TargetUnusable(f"the target {where} broke off its response: {_describe(error)}")
+        if upstream.head_received or isinstance(error, httputil.HTTPInputError):
+            return TargetUnusable(f"the target {where} sent a malformed HTTP response")
         if isinstance(error, HTTPTimeoutError):
             if "connect" in str(error).lower() or "queue" in str(error).lower():
                 return TargetUnreachable(f"cannot connect to the target {where}: connection timed out")
             return TargetTimeout(f"the target {where} did not answer in time")
         if isinstance(error, ssl.SSLError):
+            # A certificate problem is a configuration error; retrying cannot fix it.
             return TargetUnusable(f"TLS with the target {where} failed: {_describe(error)}")
-        if isinstance(error, (OSError, StreamClosedError, HTTPStreamClosedError, socket.gaierror)):
-            return TargetUnreachable(f"cannot connect to the target {where}: {_describe(error)}")
-        if isinstance(error, httputil.HTTPInputError):
-            return TargetUnusable(f"the target {where} sent a malformed HTTP response: {error}")
-        if isinstance(error, HTTPClientError):
+        if isinstance(error, (OSError, StreamClosedError, HTTPClientError)):
             return TargetUnreachable(f"cannot connect to the target {where}: {_describe(error)}")
         return TargetUnusable(f"talking to the target {where} failed: {_describe(error)}")
 

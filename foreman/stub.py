@@ -236,9 +236,11 @@ class _VersionHandler(_StubHandler):
 class _TagsHandler(_StubHandler):
     methods = ("GET", "HEAD")
 
-    def get(self) -> None:
+    async def get(self) -> None:
         if self.request.method == "GET":
             self.stub._bump("tags_polls")
+        if self.stub.tags_hold is not None:
+            await self.stub.tags_hold.wait()
         if self.stub.tags_status is not None:
             self.send_json_error(self.stub.tags_status, "stub error")
             return
@@ -530,7 +532,7 @@ class StubOllama:
 
     Knobs (plain attributes, change them at any time): ``models``, ``token``,
     ``chunk_delay``, ``check_host``, ``hold``, ``pace``, ``break_after``,
-    ``chat_status``, ``tags_status``. Observations: ``requests`` and the
+    ``chat_status``, ``tags_status``, ``tags_hold``. Observations: ``requests`` and the
     counters below; `wait_for` blocks until a predicate over them holds.
 
     Chat timing: chunk 0 is written at once; before every later line
@@ -557,6 +559,7 @@ class StubOllama:
         self.break_after: int | None = None
         self.chat_status: int | None = None
         self.tags_status: int | None = None
+        self.tags_hold: asyncio.Event | None = None  # /api/tags waits for it before answering
 
         self.requests: list[RecordedRequest] = []
         self.chats_started = 0

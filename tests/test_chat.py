@@ -209,13 +209,22 @@ async def test_target_down_is_503_with_retry_after(foreman, stub) -> None:
 
 async def test_stream_broken_by_target_ends_with_one_error_line(foreman, stub) -> None:
     await foreman.ready()
+    reader = StreamReader()
+
+    async def pace(i: int) -> None:
+        # Break only after the client holds every chunk sent so far.
+        await reader.wait_lines(i)
+
+    stub.pace = pace
     stub.break_after = 3
-    response = await foreman.fetch("/api/chat", method="POST", body=chat_body(options={"num_predict": 10}))
+    response = await foreman.client().fetch(
+        reader.request(foreman.url + "/api/chat", chat_body(options={"num_predict": 10})), raise_error=False
+    )
     assert response.code == 200
-    lines = ndjson(response.body)
-    assert len(lines) == 4
-    assert all(not line.get("done") for line in lines)
-    assert set(lines[-1]) == {"error"} and "broke off" in lines[-1]["error"]
+    assert len(reader.lines) == 4
+    assert all(line["done"] is False for line in reader.lines[:3])
+    assert set(reader.lines[-1]) == {"error"} and "broke off" in reader.lines[-1]["error"]
+    assert reader.raw.endswith(b"\n")
 
 
 async def test_outbound_bearer_sent_and_client_token_not(start_foreman, stub) -> None:

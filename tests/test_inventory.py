@@ -116,11 +116,33 @@ async def test_healthz_fields_and_no_credentials(start_foreman, stub) -> None:
 async def test_burst_of_misses_causes_one_poll(foreman, stub) -> None:
     await foreman.ready()
     polls = stub.tags_polls
-    body = {"model": "not-there", "messages": []}
-    responses = await asyncio.gather(*(foreman.fetch("/api/chat", method="POST", body=body) for _ in range(20)))
+    stub.tags_hold = asyncio.Event()  # the re-poll hangs until every miss has arrived
+    body = {"model": "not-there", "messages": [{"role": "user", "content": "hi"}]}
+    requests = [asyncio.ensure_future(foreman.fetch("/api/chat", method="POST", body=body)) for _ in range(20)]
+    await stub.wait_for(lambda: stub.tags_polls == polls + 1)
+    # Let all twenty reach foreman while the one re-poll is still running.
+    await _wait_until(lambda: foreman.foreman.activity.in_flight == 20)
+    stub.tags_hold.set()
+    responses = await asyncio.gather(*requests)
     assert {r.code for r in responses} == {404}
-    # Twenty misses at once share re-polls instead of each causing one.
-    assert stub.tags_polls - polls <= 2
+    assert stub.tags_polls == polls + 1
+
+
+async def test_periodic_poll_and_on_demand_poll_never_overlap(start_foreman, stub) -> None:
+    front = start_foreman(FOREMAN_POLL_INTERVAL="50ms")
+    await front.ready()
+    stub.tags_hold = asyncio.Event()
+    polls = stub.tags_polls
+    await stub.wait_for(lambda: stub.tags_polls == polls + 1)  # a periodic poll is now hanging
+    miss = asyncio.ensure_future(
+        front.fetch("/api/chat", method="POST", body={"model": "nope", "messages": []})
+    )
+    await _wait_until(lambda: front.foreman.activity.in_flight == 1)
+    # Several periods pass; the hanging poll is neither joined by a second one nor restarted.
+    await asyncio.sleep(0.3)
+    assert stub.tags_polls == polls + 1
+    stub.tags_hold.set()
+    assert (await miss).code == 404
 
 
 async def _wait_until(predicate, timeout: float = 10.0) -> None:

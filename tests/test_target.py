@@ -1,0 +1,186 @@
+"""The target client classifies what can go wrong, against real misbehaving servers."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+from collections.abc import Awaitable, Callable
+
+import pytest
+from tornado.httputil import HTTPHeaders
+
+from foreman.ollama import (
+    TargetClient,
+    TargetStatusError,
+    TargetTimeout,
+    TargetUnreachable,
+    TargetUnusable,
+    Upstream,
+)
+
+Behaviour = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+class Collect:
+    """A sink that keeps what it is given."""
+
+    def __init__(self) -> None:
+        self.status: int | None = None
+        self.headers: list[tuple[str, str]] = []
+        self.body = b""
+        self.received = asyncio.Event()
+
+    def start(self, status: int, reason: str, headers: list[tuple[str, str]]) -> None:
+        self.status, self.headers = status, headers
+
+    def write(self, chunk: bytes) -> None:
+        self.body += chunk
+        self.received.set()
+
+
+async def serve_raw(behaviour: Behaviour) -> tuple[asyncio.Server, str]:
+    """A loopback TCP server that answers every connection with `behaviour`."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            # Read the body too: closing a socket with unread input sends a
+            # reset, which would discard what the client has not read yet.
+            length = re.search(rb"(?i)content-length: *(\d+)", head)
+            if length:
+                await reader.readexactly(int(length.group(1)))
+            await behaviour(reader, writer)
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    return server, f"http://127.0.0.1:{port}"
+
+
+def client(url: str, **kwargs) -> TargetClient:
+    return TargetClient(url, None, url, **kwargs)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+CHAT = b'{"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}]}'
+
+
+async def relay(target: TargetClient, sink: Collect | None = None) -> Collect:
+    sink = sink or Collect()
+    await target.relay("POST", "/api/chat", CHAT, HTTPHeaders(), sink, Upstream())
+    return sink
+
+
+async def test_refused_is_unreachable(io_loop) -> None:
+    target = client(f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(TargetUnreachable, match="cannot connect"):
+        await target.fetch("/api/tags")
+    with pytest.raises(TargetUnreachable):
+        await relay(target)
+
+
+async def test_name_lookup_failure_is_unreachable(io_loop) -> None:
+    target = client("http://foreman-test.invalid:11434")
+    with pytest.raises(TargetUnreachable, match="name lookup failed"):
+        await target.fetch("/api/tags")
+
+
+async def test_closed_before_any_response_is_unreachable(io_loop) -> None:
+    async def hang_up(reader, writer) -> None:
+        pass
+
+    server, url = await serve_raw(hang_up)
+    with pytest.raises(TargetUnreachable):
+        await relay(client(url))
+    server.close()
+
+
+async def test_non_http_reply_is_unusable(io_loop) -> None:
+    async def garbage(reader, writer) -> None:
+        writer.write(b"SSH-2.0-OpenSSH_9.2\r\n\r\n")
+        await writer.drain()
+
+    server, url = await serve_raw(garbage)
+    with pytest.raises(TargetUnusable, match="malformed"):
+        await relay(client(url))
+    with pytest.raises(TargetUnusable):
+        await client(url).fetch("/api/tags")
+    server.close()
+
+
+async def test_broken_off_mid_response_is_unusable_and_marked_started(io_loop) -> None:
+    sink = Collect()
+
+    async def half(reader, writer) -> None:
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"e\r\n{\"done\":false}\r\n"
+        )
+        await writer.drain()
+        # Hang up only once the chunk was relayed: Tornado drops bytes that
+        # arrive in the same read as the close (see progress.md).
+        await sink.received.wait()
+
+    server, url = await serve_raw(half)
+    upstream = Upstream()
+    with pytest.raises(TargetUnusable, match="broke off"):
+        await client(url).relay("POST", "/api/chat", CHAT, HTTPHeaders(), sink, upstream)
+    assert upstream.response_started
+    assert sink.status == 200 and sink.body == b'{"done":false}'
+    server.close()
+
+
+async def test_no_answer_before_deadline_is_timeout(io_loop) -> None:
+    never = asyncio.Event()
+
+    async def silent(reader, writer) -> None:
+        await never.wait()
+
+    server, url = await serve_raw(silent)
+    with pytest.raises(TargetTimeout, match="did not answer"):
+        await client(url, metadata_timeout=0.5).fetch("/api/tags")
+    never.set()
+    server.close()
+
+
+async def test_error_status_is_status_error_for_fetch_and_relayed_for_relay(io_loop, stub) -> None:
+    stub.tags_status = 500
+    with pytest.raises(TargetStatusError) as caught:
+        await client(stub.url).fetch("/api/tags")
+    assert caught.value.status == 500
+    stub.chat_status = 500
+    sink = await relay(client(stub.url))
+    assert sink.status == 500 and b"error" in sink.body
+
+
+async def test_hop_by_hop_and_length_headers_are_not_relayed_back(io_loop) -> None:
+    async def answer(reader, writer) -> None:
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n"
+            b"Connection: close, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\nX-End: kept\r\n\r\n{}"
+        )
+        await writer.drain()
+
+    server, url = await serve_raw(answer)
+    sink = await relay(client(url))
+    names = {name.lower() for name, _ in sink.headers}
+    assert names == {"content-type", "x-end"}
+    assert sink.body == b"{}"
+    server.close()
+
+
+async def test_closing_upstream_before_connect_cancels(io_loop, stub) -> None:
+    from foreman.ollama import Cancelled
+
+    upstream = Upstream()
+    upstream.close()
+    with pytest.raises(Cancelled):
+        await client(stub.url).relay("POST", "/api/chat", b"{}", HTTPHeaders(), Collect(), upstream)
+    assert stub.chats_started == 0
