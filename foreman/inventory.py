@@ -94,7 +94,7 @@ class Inventory:
             log.info("inventory: %d models", len(names))
         self.tags_body = body
         self._names = names
-        self.last_poll = datetime.datetime.now(datetime.timezone.utc)
+        self.last_poll = datetime.datetime.now(datetime.UTC)
         self.last_error = None
         self.degraded = False
 

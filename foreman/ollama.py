@@ -25,7 +25,7 @@ import socket
 import ssl
 from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from tornado import httputil
 from tornado.httpclient import HTTPClientError, HTTPRequest
@@ -119,8 +119,8 @@ class Sink(Protocol):
     def start(self, status: int, reason: str, headers: list[tuple[str, str]]) -> None:
         """Called once, with the target's status line and end-to-end headers, before any body."""
 
-    def write(self, chunk: bytes) -> Awaitable[None]:
-        """Called per body chunk; the next chunk is not read until the result resolves."""
+    def write(self, chunk: bytes) -> Awaitable[None] | None:
+        """Called per body chunk; the next chunk is not read until a returned awaitable resolves."""
 
 
 class Upstream:
@@ -152,7 +152,7 @@ class Upstream:
         read_head = stream.read_until_regex
 
         def read_head_noting_arrival(*args: Any, **kwargs: Any) -> Awaitable[bytes]:
-            future = read_head(*args, **kwargs)
+            future = cast("asyncio.Future[bytes]", read_head(*args, **kwargs))
             future.add_done_callback(self._note_head)
             return future
 
@@ -179,7 +179,8 @@ class _UpstreamRequest(HTTPRequest):
 
 class _HandsOverStream(_HTTPConnection):
     def _create_connection(self, stream: IOStream):  # type: ignore[no-untyped-def]
-        upstream = getattr(self.request.request, "upstream", None)
+        # self.request is Tornado's proxy of the request given to fetch().
+        upstream = getattr(getattr(self.request, "request", None), "upstream", None)
         if upstream is not None:
             upstream.attach(stream)
         return super()._create_connection(stream)

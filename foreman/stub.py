@@ -23,7 +23,7 @@ import logging
 import re
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 from typing import Any, ClassVar
 
 import tornado.httputil
@@ -31,6 +31,8 @@ import tornado.iostream
 import tornado.netutil
 import tornado.web
 from tornado.httpserver import HTTPServer
+
+from foreman.config import parse_listen
 
 log = logging.getLogger("foreman.stub")
 
@@ -46,7 +48,7 @@ NDJSON_TYPE = "application/x-ndjson"
 
 # Every timestamp the stub reports is derived from this instant, so responses
 # are reproducible byte for byte (tests compare direct and relayed bodies).
-STUB_EPOCH = datetime(2024, 1, 1, tzinfo=timezone.utc)
+STUB_EPOCH = datetime(2024, 1, 1, tzinfo=UTC)
 _TOKEN_INTERVAL = timedelta(milliseconds=20)
 
 # Fixed "timings" in nanoseconds (Ollama reports durations in ns).
@@ -707,13 +709,12 @@ class StubOllama:
 
 
 def _parse_listen(value: str) -> tuple[str, int]:
-    """``host:port``, ``[v6]:port`` or ``:port`` (all interfaces)."""
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+    try:
+        return parse_listen(value)
+    except ValueError:
         raise argparse.ArgumentTypeError(
-            f"{value!r} is not host:port (e.g. 127.0.0.1:11434, or :11434 for all interfaces)"
-        )
-    return host.strip("[]"), int(port)
+            f"--listen {value!r}: expected host:port, e.g. 127.0.0.1:11434 or :11434"
+        ) from None
 
 
 def _parse_models(value: str) -> list[str]:

@@ -90,3 +90,13 @@ async def raw_post(url: str, path: str, body: dict, headers: dict[str, str] | No
     lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
     await stream.write(("\r\n".join(lines) + "\r\n\r\n").encode() + payload)
     return stream
+
+
+async def until(predicate, timeout: float = 10.0) -> None:
+    """Wait until `predicate()` holds, checking often; fail after a generous `timeout`."""
+
+    async def wait() -> None:
+        while not predicate():
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(wait(), timeout)

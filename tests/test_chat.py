@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.helpers import StreamReader, ndjson, raw_post
+from tests.helpers import StreamReader, ndjson, raw_post, until
 
 MODEL = "llama3.2"
 
@@ -125,6 +125,7 @@ async def test_client_disconnect_mid_stream_closes_target_request(foreman, stub)
     stream.close()  # the client goes away mid-stream
     await stub.wait_for(lambda: stub.chats_disconnected == 1, timeout=10)
     assert stub.chats_finished == 0
+    await until(lambda: foreman.foreman.activity.in_flight == 0)
 
 
 async def test_client_disconnect_while_target_silent_closes_target_request(foreman, stub) -> None:
@@ -136,6 +137,7 @@ async def test_client_disconnect_while_target_silent_closes_target_request(forem
     stream.close()
     await stub.wait_for(lambda: stub.chats_disconnected == 1, timeout=10)
     assert stub.chats_finished == 0
+    await until(lambda: foreman.foreman.activity.in_flight == 0)
 
 
 async def test_unknown_model_is_404_and_never_forwarded(foreman, stub) -> None:

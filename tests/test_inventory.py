@@ -8,6 +8,7 @@ import json
 import pytest
 
 from foreman.names import canonical
+from tests.helpers import until
 
 
 @pytest.mark.parametrize(
@@ -80,7 +81,7 @@ async def test_poller_degrades_keeps_inventory_and_recovers(start_foreman, stub)
 
     port = int(stub.url.rsplit(":", 1)[1])
     await stub.stop()
-    await _wait_until(lambda: front.inventory.degraded)
+    await until(lambda: front.inventory.degraded)
     health = await front.fetch("/healthz")
     body = json.loads(health.body)
     assert health.code == 503
@@ -94,7 +95,7 @@ async def test_poller_degrades_keeps_inventory_and_recovers(start_foreman, stub)
     assert len(json.loads(tags.body)["models"]) == len(stub.models)
 
     stub.listen(port)
-    await _wait_until(lambda: not front.inventory.degraded)
+    await until(lambda: not front.inventory.degraded)
     health = await front.fetch("/healthz")
     assert health.code == 200
     assert json.loads(health.body)["last_error"] is None
@@ -121,7 +122,7 @@ async def test_burst_of_misses_causes_one_poll(foreman, stub) -> None:
     requests = [asyncio.ensure_future(foreman.fetch("/api/chat", method="POST", body=body)) for _ in range(20)]
     await stub.wait_for(lambda: stub.tags_polls == polls + 1)
     # Let all twenty reach foreman while the one re-poll is still running.
-    await _wait_until(lambda: foreman.foreman.activity.in_flight == 20)
+    await until(lambda: foreman.foreman.activity.in_flight == 20)
     stub.tags_hold.set()
     responses = await asyncio.gather(*requests)
     assert {r.code for r in responses} == {404}
@@ -137,17 +138,9 @@ async def test_periodic_poll_and_on_demand_poll_never_overlap(start_foreman, stu
     miss = asyncio.ensure_future(
         front.fetch("/api/chat", method="POST", body={"model": "nope", "messages": []})
     )
-    await _wait_until(lambda: front.foreman.activity.in_flight == 1)
+    await until(lambda: front.foreman.activity.in_flight == 1)
     # Several periods pass; the hanging poll is neither joined by a second one nor restarted.
     await asyncio.sleep(0.3)
     assert stub.tags_polls == polls + 1
     stub.tags_hold.set()
     assert (await miss).code == 404
-
-
-async def _wait_until(predicate, timeout: float = 10.0) -> None:
-    async def wait() -> None:
-        while not predicate():
-            await asyncio.sleep(0.02)
-
-    await asyncio.wait_for(wait(), timeout)

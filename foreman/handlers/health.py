@@ -10,7 +10,7 @@ from foreman.handlers.base import BaseHandler
 def rfc3339(moment: datetime.datetime | None) -> str | None:
     if moment is None:
         return None
-    return moment.astimezone(datetime.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return moment.astimezone(datetime.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class HealthHandler(BaseHandler):

@@ -82,6 +82,11 @@ class RelayHandler(BaseHandler):
         if self._upstream is not None:
             self._upstream.close()
 
+    def _connection_closed(self) -> bool:
+        # A failed flush can be seen before on_connection_close has run.
+        stream = getattr(self.request.connection, "stream", None)
+        return stream is not None and stream.closed()
+
     async def relay(self, method: str, path: str, body: bytes | None) -> None:
         """Send this request to the target and relay the answer; always finishes."""
         if self._client_gone:
@@ -94,7 +99,7 @@ class RelayHandler(BaseHandler):
             log.debug("client left %s %s; target request closed", method, path)
             return
         except TargetError as e:
-            if self._client_gone or self.request.connection.stream.closed():
+            if self._client_gone or self._connection_closed():
                 return
             if sink.sent:
                 # Status and headers are on the wire; all that is left is to
