@@ -16,8 +16,13 @@ from tornado.httpclient import HTTPRequest, HTTPResponse
 from tornado.simple_httpclient import SimpleAsyncHTTPClient
 
 from foreman import config
-from foreman.server import Foreman
+from foreman.server import Foreman, raise_open_file_limit
 from foreman.stub import StubOllama
+
+# Tests hold hundreds of connections in one process (client, foreman and the
+# stand-in each hold one per stream).
+raise_open_file_limit()
+
 
 @pytest.fixture
 def stub(io_loop) -> Iterator[StubOllama]:

@@ -333,3 +333,23 @@ async def test_request_to_foreman_with_dead_target_at_start(start_foreman, stub)
     response = await front.fetch("/api/chat", method="POST", body=chat_body())
     assert response.code == 503
     assert "no model inventory yet" in json.loads(response.body)["error"]
+
+
+@pytest.mark.timeout(seconds=120)
+async def test_two_hundred_streams_reach_the_target_at_once(foreman, stub) -> None:
+    """Tornado's client pool defaults to 10 connections and queues the rest with a
+    20 s timer; foreman's must let hundreds of clients reach the target together."""
+    await foreman.ready()
+    stub.hold = asyncio.Event()
+    http = foreman.client(max_clients=200)
+    fetches = [
+        http.fetch(foreman.url + "/api/chat", method="POST", body=json.dumps(chat_body(options={"num_predict": 5})),
+                   request_timeout=120, raise_error=False)
+        for _ in range(200)
+    ]
+    await stub.wait_for(lambda: stub.chats_started == 200, timeout=60)
+    assert stub.active_chats == 200
+    stub.hold.set()
+    responses = await asyncio.gather(*fetches)
+    assert [r.code for r in responses] == [200] * 200
+    assert all(ndjson(r.body)[-1]["done"] is True for r in responses)
