@@ -1,0 +1,3 @@
+module foreman.example/goclient
+
+go 1.22
