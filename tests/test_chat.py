@@ -144,7 +144,9 @@ async def test_unknown_model_is_404_and_never_forwarded(foreman, stub) -> None:
     await foreman.ready()
     response = await foreman.fetch("/api/chat", method="POST", body=chat_body(model="no-such-model"))
     assert response.code == 404
-    assert json.loads(response.body) == {"error": "model 'no-such-model' not found"}
+    # Byte for byte what Ollama answers (Go's compact encoding).
+    assert response.body == b'{"error":"model \'no-such-model\' not found"}'
+    assert response.headers["Content-Type"] == "application/json; charset=utf-8"
     assert not [r for r in stub.requests if r.path == "/api/chat"]
 
 

@@ -25,6 +25,11 @@ JSON = "application/json; charset=utf-8"
 RETRY_AFTER_UNREACHABLE = 5
 
 
+def error_body(message: str) -> str:
+    """Ollama's error shape, compact as Go's encoder writes it."""
+    return json.dumps({"error": message}, separators=(",", ":"))
+
+
 class ForemanError(Exception):
     """A request foreman refuses, with the status and sentence to answer."""
 
@@ -70,6 +75,10 @@ class BaseHandler(tornado.web.RequestHandler):
         # Ollama sends no Server header; neither does a transparent front.
         self.clear_header("Server")
 
+    def compute_etag(self) -> str | None:
+        # Ollama sends no ETag (and answers no If-None-Match with 304).
+        return None
+
     async def prepare(self) -> None:
         self.activity.begin()
         self._counted = True
@@ -96,7 +105,7 @@ class BaseHandler(tornado.web.RequestHandler):
         for name, value in error.headers.items():
             self.set_header(name, value)
         self.set_header("Content-Type", JSON)
-        self.finish(json.dumps({"error": error.message}))
+        self.finish(error_body(error.message))
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         # Reached for errors Tornado itself raises (405, a bad request line)
@@ -111,7 +120,7 @@ class BaseHandler(tornado.web.RequestHandler):
         else:
             message = httputil.responses.get(status_code, "error").lower()
         self.set_header("Content-Type", JSON)
-        self.finish(json.dumps({"error": message}))
+        self.finish(error_body(message))
 
     def send_target_answer(self, error: TargetStatusError) -> None:
         """Pass a target's error answer through unchanged."""

@@ -8,13 +8,12 @@ the client goes away, the target connection is closed at once.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Awaitable
 
 import tornado.web
 
-from foreman.handlers.base import BaseHandler, target_failure
+from foreman.handlers.base import BaseHandler, error_body, target_failure
 from foreman.ollama import Cancelled, TargetError, Upstream
 
 log = logging.getLogger("foreman.relay")
@@ -105,7 +104,7 @@ class RelayHandler(BaseHandler):
                 # Status and headers are on the wire; all that is left is to
                 # say what happened in the stream itself, as Ollama does.
                 log.warning("%s %s broke off mid-stream: %s", method, path, e)
-                line = json.dumps({"error": str(e)}) + "\n"
+                line = error_body(str(e)) + "\n"
                 self.finish(line if sink.at_line_start else "\n" + line)
             else:
                 self.fail(target_failure(e))
