@@ -41,6 +41,13 @@ def listening_urls(sockets: list[socket.socket]) -> list[str]:
     return urls
 
 
+class ListenError(OSError):
+    """The listen address could not be bound; the message names the address."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
 class Foreman:
     """One foreman: its app, target client, poller and listening sockets."""
 
@@ -56,7 +63,15 @@ class Foreman:
 
     def start(self) -> None:
         """Listen on the configured address and start polling the target."""
-        sockets = bind_sockets(self.config.listen_port, address=self.config.listen_host or None)
+        host, port = self.config.listen_host, self.config.listen_port
+        try:
+            sockets = bind_sockets(port, address=host or None)
+        except OSError as e:
+            # Typically the port is taken; say which address, not just errno.
+            shown = f"[{host}]" if ":" in host else host
+            raise ListenError(
+                e.errno, f"cannot listen on {shown}:{port} (FOREMAN_LISTEN): {e.strerror or e}"
+            ) from None
         self.server.add_sockets(sockets)
         self.urls = listening_urls(sockets)
         self.first_poll = self.inventory.start()
@@ -75,17 +90,21 @@ class Foreman:
 async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
     """Serve until SIGTERM or SIGINT (or `stop` is set), then drain and return."""
     raise_open_file_limit()
-    foreman = Foreman(config)
-    foreman.start()
-    log.info("foreman listening on %s, target %s", ", ".join(foreman.urls), config.target_display)
-    if not config.auth_enabled and config.listen_host not in _LOOPBACK_HOSTS:
-        log.warning(
-            "no FOREMAN_TOKENS set: anyone who can reach %s can use the target",
-            config.listen_host or "this machine",
-        )
     stop = stop or asyncio.Event()
+    # Handlers first: a supervisor may send SIGTERM the moment it sees the
+    # "listening" line, and that must drain, not kill, the process.
     signals = _install_signal_handlers(stop)
     try:
+        foreman = Foreman(config)
+        foreman.start()
+        log.info(
+            "foreman listening on %s, target %s", ", ".join(foreman.urls), config.target_display
+        )
+        if not config.auth_enabled and config.listen_host not in _LOOPBACK_HOSTS:
+            log.warning(
+                "no FOREMAN_TOKENS set: anyone who can reach %s can use the target",
+                config.listen_host or "this machine",
+            )
         await stop.wait()
         log.info(
             "shutting down: no new connections; waiting up to %gs for %d in-flight requests",
