@@ -21,6 +21,7 @@ import ipaddress
 import json
 import logging
 import re
+import signal
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, UTC
@@ -773,7 +774,12 @@ async def run_stub(
     if ":" in shown:
         shown = f"[{shown}]"
     log.info("stub Ollama listening on http://%s:%d", shown, port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     try:
-        await asyncio.Event().wait()
+        await stop.wait()
     finally:
         await stub.stop()
+    log.info("stub Ollama stopped")
