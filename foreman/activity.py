@@ -26,6 +26,8 @@ class Activity:
 
     async def wait_idle(self, timeout: float) -> bool:
         """Wait until nothing is in flight; False if `timeout` ran out first."""
+        if self._idle.is_set():
+            return True
         try:
             await asyncio.wait_for(self._idle.wait(), timeout)
         except TimeoutError:

@@ -11,6 +11,7 @@ from foreman.handlers import NotFoundHandler, routes
 from foreman.inventory import Inventory
 from foreman.logs import log_request
 from foreman.ollama import Target
+from foreman.queue import FairQueue
 
 
 def make_app(
@@ -18,6 +19,7 @@ def make_app(
     target: Target,
     inventory: Inventory,
     activity: Activity | None = None,
+    queue: FairQueue | None = None,
 ) -> tornado.web.Application:
     collaborators = {
         "config": config,
@@ -25,6 +27,7 @@ def make_app(
         "inventory": inventory,
         "activity": activity or Activity(),
         "tokens": TokenSet(config.tokens),
+        "queue": queue or FairQueue(config.concurrency, config.max_queue, config.queue_timeout),
     }
     return tornado.web.Application(
         [(pattern, handler, collaborators) for pattern, handler in routes],

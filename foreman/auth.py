@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from collections.abc import Iterable
 
@@ -28,3 +29,15 @@ class TokenSet:
         for token in self._tokens:
             matched |= hmac.compare_digest(offered, token)
         return matched and scheme.lower() == "bearer"
+
+
+def client_identity(authorization: str | None, remote_ip: str | None, auth_enabled: bool) -> str:
+    """Who a request is, for fair queueing and logs; never the token itself.
+
+    With auth on, a client is its token (a short stable hash of it), so one
+    person's laptop and phone share a turn; with auth off, its address.
+    """
+    if auth_enabled:
+        credential = (authorization or "").strip().partition(" ")[2].strip()
+        return "token:" + hashlib.sha256(credential.encode()).hexdigest()[:12]
+    return remote_ip or "unknown"

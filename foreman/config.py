@@ -50,6 +50,9 @@ class Config:
     log_format: LogFormat = "text"
     log_level: LogLevel = "info"
     shutdown_grace: float = 30.0
+    concurrency: int = 1
+    max_queue: int = 128
+    queue_timeout: float = 600.0
 
     @property
     def target_display(self) -> str:
@@ -71,7 +74,8 @@ class Config:
             f"listen_host={self.listen_host!r}, listen_port={self.listen_port!r}, "
             f"tokens=<{len(self.tokens)} hidden>, tokens_file={self.tokens_file!r}, "
             f"log_format={self.log_format!r}, log_level={self.log_level!r}, "
-            f"shutdown_grace={self.shutdown_grace!r})"
+            f"shutdown_grace={self.shutdown_grace!r}, concurrency={self.concurrency!r}, "
+            f"max_queue={self.max_queue!r}, queue_timeout={self.queue_timeout!r})"
         )
 
 
@@ -170,6 +174,33 @@ SETTINGS: tuple[Setting, ...] = (
         "before foreman exits.",
         "DURATION",
     ),
+    Setting(
+        "concurrency",
+        "FOREMAN_CONCURRENCY",
+        "--concurrency",
+        "1",
+        "How many generation requests may be at the Ollama server at once; "
+        "the rest wait in foreman's queue.",
+        "N",
+    ),
+    Setting(
+        "max_queue",
+        "FOREMAN_MAX_QUEUE",
+        "--max-queue",
+        "128",
+        "How many generation requests may wait for their turn; one more is "
+        "refused at once with 503 and Retry-After.",
+        "N",
+    ),
+    Setting(
+        "queue_timeout",
+        "FOREMAN_QUEUE_TIMEOUT",
+        "--queue-timeout",
+        "10m",
+        "Longest a request may wait for its turn, including while the Ollama "
+        "server is unreachable.",
+        "DURATION",
+    ),
 )
 
 _BY_FIELD: dict[str, Setting] = {s.field: s for s in SETTINGS}
@@ -223,6 +254,9 @@ def load(environ: Mapping[str, str], args: argparse.Namespace | None = None) -> 
     shutdown_grace = _parse_duration_setting(
         *_required(pick("shutdown_grace")), allow_zero=True
     )
+    concurrency = _parse_count(*_required(pick("concurrency")), minimum=1)
+    max_queue = _parse_count(*_required(pick("max_queue")), minimum=0)
+    queue_timeout = _parse_duration_setting(*_required(pick("queue_timeout")), allow_zero=False)
     return Config(
         ollama_url=ollama_url,
         ollama_token=ollama_token,
@@ -235,7 +269,25 @@ def load(environ: Mapping[str, str], args: argparse.Namespace | None = None) -> 
         log_format=log_format,
         log_level=log_level,
         shutdown_grace=shutdown_grace,
+        concurrency=concurrency,
+        max_queue=max_queue,
+        queue_timeout=queue_timeout,
     )
+
+
+# --- counts -----------------------------------------------------------------
+
+_MAX_COUNT = 1_000_000
+
+
+def _parse_count(text: str, label: str, *, minimum: int) -> int:
+    stripped = text.strip()
+    if not stripped.isdecimal() or not minimum <= int(stripped) <= _MAX_COUNT:
+        raise ConfigError(
+            f"{label}={text!r} is not a valid count; use a whole number from "
+            f"{minimum} to {_MAX_COUNT}"
+        )
+    return int(stripped)
 
 
 # --- durations --------------------------------------------------------------

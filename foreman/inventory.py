@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+from collections.abc import Callable
 
 from tornado.ioloop import PeriodicCallback
 
@@ -28,6 +29,7 @@ class Inventory:
         self._timer: PeriodicCallback | None = None
         self._poll: asyncio.Future[bool] | None = None
         self._names: frozenset[str] = frozenset()
+        self._on_success: list[Callable[[], None]] = []
         #: the target's /api/tags body exactly as it sent it, or None before the first good poll
         self.tags_body: bytes | None = None
         self.last_poll: datetime.datetime | None = None
@@ -50,6 +52,10 @@ class Inventory:
         if self._timer is not None:
             self._timer.stop()
             self._timer = None
+
+    def on_success(self, listener: Callable[[], None]) -> None:
+        """Call `listener` after every successful poll."""
+        self._on_success.append(listener)
 
     def has(self, name: str) -> bool:
         return canonical(name) in self._names
@@ -83,6 +89,8 @@ class Inventory:
             return False
         else:
             self._record_success(response.body, names)
+            for listener in self._on_success:
+                listener()
             return True
         finally:
             self.polls_tried += 1

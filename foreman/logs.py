@@ -51,11 +51,13 @@ def configure(log_format: str, level: str) -> None:
 
 
 def log_request(handler: tornado.web.RequestHandler) -> None:
-    """One line per request: method, path, status, duration, model."""
+    """One line per request: method, path, status, duration, model, client, queue wait."""
     status = handler.get_status()
     request = handler.request
     duration_ms = 1000.0 * request.request_time()
     model = getattr(handler, "log_model", None)
+    client = getattr(handler, "client_id", None) or None
+    queue_wait = getattr(handler, "queue_wait", None)
     if status >= 500:
         level = logging.ERROR
     elif status >= 400:
@@ -65,6 +67,15 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
         level = logging.DEBUG
     else:
         level = logging.INFO
+    details = "".join(
+        f" {name}={value}"
+        for name, value in (
+            ("model", model),
+            ("client", client),
+            ("wait", None if queue_wait is None else f"{queue_wait:.3f}s"),
+        )
+        if value
+    )
     access_log.log(
         level,
         "%s %s %d %.1fms%s",
@@ -72,13 +83,15 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
         request.path,
         status,
         duration_ms,
-        f" model={model}" if model else "",
+        details,
         extra={
             "method": request.method,
             "path": request.path,
             "status": status,
             "duration_ms": round(duration_ms, 3),
             "model": model,
+            "client": client,
+            "queue_wait": None if queue_wait is None else round(queue_wait, 6),
             "remote": request.remote_ip,
         },
     )

@@ -16,6 +16,7 @@ from foreman.app import make_app
 from foreman.config import Config
 from foreman.inventory import Inventory
 from foreman.ollama import TargetClient
+from foreman.queue import FairQueue
 
 log = logging.getLogger("foreman.server")
 
@@ -56,7 +57,10 @@ class Foreman:
         self.target = TargetClient(config.ollama_url, config.ollama_token, config.target_display)
         self.inventory = Inventory(self.target, config.poll_interval)
         self.activity = Activity()
-        self.app = make_app(config, self.target, self.inventory, self.activity)
+        self.queue = FairQueue(config.concurrency, config.max_queue, config.queue_timeout)
+        # A good poll proves the target is back: resume a paused queue at once.
+        self.inventory.on_success(self.queue.reachable)
+        self.app = make_app(config, self.target, self.inventory, self.activity, self.queue)
         self.server = HTTPServer(self.app)
         self.urls: list[str] = []
         self.first_poll: asyncio.Future[bool] | None = None
@@ -80,6 +84,7 @@ class Foreman:
         """Stop accepting, let in-flight requests finish for up to `grace` seconds, then close."""
         self.server.stop()
         self.activity.draining = True
+        self.queue.close()
         self.inventory.stop()
         if not await self.activity.wait_idle(grace):
             log.warning("grace period over: closing %d requests still in flight", self.activity.in_flight)

@@ -24,7 +24,7 @@ import re
 import signal
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, UTC
+from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
 import tornado.httputil

@@ -89,7 +89,8 @@ async def test_long_stream_is_not_cut_by_any_timeout(foreman, stub) -> None:
     assert reader.lines[-1]["done"] is True
 
 
-async def test_fifty_concurrent_streams_arrive_intact(foreman, stub) -> None:
+async def test_fifty_concurrent_streams_arrive_intact(start_foreman, stub) -> None:
+    foreman = start_foreman(FOREMAN_CONCURRENCY="50")
     await foreman.ready()
     stub.chunk_delay = 0.01
     http = foreman.client(max_clients=50)
@@ -201,14 +202,17 @@ async def test_target_error_answer_is_passed_through(foreman, stub) -> None:
     assert response.body == direct.body
 
 
-async def test_target_down_is_503_with_retry_after(foreman, stub) -> None:
+async def test_target_down_past_queue_timeout_is_503_naming_target_and_error(start_foreman, stub) -> None:
+    foreman = start_foreman(FOREMAN_QUEUE_TIMEOUT="1s")
     await foreman.ready()
     await stub.stop()
     response = await foreman.fetch("/api/chat", method="POST", body=chat_body())
     assert response.code == 503
     assert int(response.headers["Retry-After"]) > 0
     error = json.loads(response.body)["error"]
-    assert stub.url in error and "cannot connect" in error
+    assert "gave up after waiting 1s" in error
+    assert stub.url in error and "Connection refused" in error
+    assert float(response.headers["X-Foreman-Queue-Wait"]) >= 1.0
 
 
 async def test_stream_broken_by_target_ends_with_one_error_line(foreman, stub) -> None:
@@ -338,9 +342,10 @@ async def test_request_to_foreman_with_dead_target_at_start(start_foreman, stub)
 
 
 @pytest.mark.timeout(seconds=120)
-async def test_two_hundred_streams_reach_the_target_at_once(foreman, stub) -> None:
+async def test_two_hundred_streams_reach_the_target_at_once(start_foreman, stub) -> None:
     """Tornado's client pool defaults to 10 connections and queues the rest with a
     20 s timer; foreman's must let hundreds of clients reach the target together."""
+    foreman = start_foreman(FOREMAN_CONCURRENCY="200")
     await foreman.ready()
     stub.hold = asyncio.Event()
     http = foreman.client(max_clients=200)

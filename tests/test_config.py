@@ -20,6 +20,9 @@ ALL_VARIABLES = [
     "FOREMAN_LOG_FORMAT",
     "FOREMAN_LOG_LEVEL",
     "FOREMAN_SHUTDOWN_GRACE",
+    "FOREMAN_CONCURRENCY",
+    "FOREMAN_MAX_QUEUE",
+    "FOREMAN_QUEUE_TIMEOUT",
 ]
 
 
@@ -512,3 +515,29 @@ def test_error_messages_are_one_line_with_variable_and_value(variable, value):
 def test_first_bad_value_wins():
     message = error_for({"FOREMAN_LOG_LEVEL": "loud", "FOREMAN_LISTEN": "x"})
     assert message.startswith("FOREMAN_LISTEN=")
+
+
+def test_queue_settings_defaults_and_values():
+    defaults = load({})
+    assert (defaults.concurrency, defaults.max_queue, defaults.queue_timeout) == (1, 128, 600.0)
+    custom = load({"FOREMAN_CONCURRENCY": "4", "FOREMAN_MAX_QUEUE": "0", "FOREMAN_QUEUE_TIMEOUT": "1m30s"})
+    assert (custom.concurrency, custom.max_queue, custom.queue_timeout) == (4, 0, 90.0)
+    assert load({}, flags("--concurrency", "2")).concurrency == 2
+
+
+@pytest.mark.parametrize(
+    "variable, value",
+    [
+        ("FOREMAN_CONCURRENCY", "0"),
+        ("FOREMAN_CONCURRENCY", "two"),
+        ("FOREMAN_CONCURRENCY", "1.5"),
+        ("FOREMAN_MAX_QUEUE", "-1"),
+        ("FOREMAN_MAX_QUEUE", "99999999"),
+        ("FOREMAN_QUEUE_TIMEOUT", "0"),
+        ("FOREMAN_QUEUE_TIMEOUT", "forever"),
+    ],
+)
+def test_bad_queue_settings_name_the_variable(variable, value):
+    message = error_for({variable: value})
+    assert message.startswith(f"{variable}={value!r} ")
+    assert "\n" not in message

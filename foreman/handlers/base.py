@@ -9,7 +9,7 @@ import tornado.web
 from tornado import httputil
 
 from foreman.activity import Activity
-from foreman.auth import TokenSet
+from foreman.auth import TokenSet, client_identity
 from foreman.config import Config
 from foreman.inventory import Inventory
 from foreman.ollama import (
@@ -19,6 +19,7 @@ from foreman.ollama import (
     TargetTimeout,
     TargetUnreachable,
 )
+from foreman.queue import FairQueue
 
 JSON = "application/json; charset=utf-8"
 # How long a client is told to wait before retrying while the target is down.
@@ -61,14 +62,19 @@ class BaseHandler(tornado.web.RequestHandler):
         inventory: Inventory,
         activity: Activity,
         tokens: TokenSet,
+        queue: FairQueue,
     ) -> None:
         self.config = config
         self.target = target
         self.inventory = inventory
         self.activity = activity
         self.tokens = tokens
+        self.queue = queue
         #: the model a request named, for the request log
         self.log_model: str | None = None
+        #: seconds the request waited in the queue, for the log and X-Foreman-Queue-Wait
+        self.queue_wait: float | None = None
+        self.client_id = ""
         self._counted = False
 
     def set_default_headers(self) -> None:
@@ -86,12 +92,15 @@ class BaseHandler(tornado.web.RequestHandler):
             self.set_header("Connection", "close")
             self.fail(ForemanError(503, "foreman is shutting down; retry shortly", {"Retry-After": "1"}))
             return
-        if self.requires_auth and not self.tokens.accepts(self.request.headers.get("Authorization")):
+        authorization = self.request.headers.get("Authorization")
+        if self.requires_auth and not self.tokens.accepts(authorization):
             self.fail(
                 ForemanError(
                     401, "missing or invalid bearer token", {"WWW-Authenticate": "Bearer"}
                 )
             )
+            return
+        self.client_id = client_identity(authorization, self.request.remote_ip, self.tokens.enabled)
 
     def on_finish(self) -> None:
         if self._counted:
@@ -104,8 +113,13 @@ class BaseHandler(tornado.web.RequestHandler):
         self.set_status(error.status)
         for name, value in error.headers.items():
             self.set_header(name, value)
+        self.note_queue_wait()
         self.set_header("Content-Type", JSON)
         self.finish(error_body(error.message))
+
+    def note_queue_wait(self) -> None:
+        if self.queue_wait is not None:
+            self.set_header("X-Foreman-Queue-Wait", f"{self.queue_wait:.3f}")
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         # Reached for errors Tornado itself raises (405, a bad request line)

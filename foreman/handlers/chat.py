@@ -32,7 +32,7 @@ class ModelRouteHandler(RelayHandler):
         except ForemanError as e:
             self.fail(e)
             return
-        await self.relay("POST", self.target_path, self.request.body)
+        await self.relay_queued("POST", self.target_path, self.request.body)
 
     async def check_model(self, document: dict[str, object]) -> None:
         model = document.get("model")

@@ -29,6 +29,7 @@ class HealthHandler(BaseHandler):
                 "last_poll": rfc3339(inventory.last_poll),
                 "last_error": inventory.last_error,
                 "models": inventory.model_count,
+                "queue": self.queue.snapshot(),
             }
         )
 

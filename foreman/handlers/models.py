@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from foreman.handlers.base import JSON, RETRY_AFTER_UNREACHABLE, BaseHandler, ForemanError, target_failure
+from foreman.handlers.base import (
+    JSON,
+    RETRY_AFTER_UNREACHABLE,
+    BaseHandler,
+    ForemanError,
+    target_failure,
+)
 from foreman.ollama import TargetError, TargetStatusError
 
 

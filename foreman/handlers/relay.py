@@ -9,12 +9,14 @@ the client goes away, the target connection is closed at once.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable
 
 import tornado.web
 
-from foreman.handlers.base import BaseHandler, error_body, target_failure
-from foreman.ollama import Cancelled, TargetError, Upstream
+from foreman.handlers.base import BaseHandler, ForemanError, error_body, target_failure
+from foreman.ollama import Cancelled, TargetError, TargetUnreachable, Upstream
+from foreman.queue import ClientLeft, QueueError, Ticket
 
 log = logging.getLogger("foreman.relay")
 
@@ -74,10 +76,13 @@ class RelayHandler(BaseHandler):
     """A handler whose answer comes from the target."""
 
     _upstream: Upstream | None = None
+    _ticket: Ticket | None = None
     _client_gone = False
 
     def on_connection_close(self) -> None:
         self._client_gone = True
+        if self._ticket is not None:
+            self.queue.leave(self._ticket)
         if self._upstream is not None:
             self._upstream.close()
 
@@ -86,30 +91,79 @@ class RelayHandler(BaseHandler):
         stream = getattr(self.request.connection, "stream", None)
         return stream is not None and stream.closed()
 
-    async def relay(self, method: str, path: str, body: bytes | None) -> None:
-        """Send this request to the target and relay the answer; always finishes."""
-        if self._client_gone:
+    async def relay_queued(self, method: str, path: str, body: bytes | None) -> None:
+        """Wait for a turn in the queue, then relay; always finishes."""
+        try:
+            ticket = self._ticket = self.queue.admit(self.client_id)
+        except QueueError as e:
+            self.fail(ForemanError(503, str(e), {"Retry-After": str(e.retry_after)}))
             return
+        try:
+            while True:
+                try:
+                    await self.queue.turn(ticket)
+                except ClientLeft:
+                    return
+                except QueueError as e:
+                    self.queue_wait = time.monotonic() - ticket.admitted
+                    self.fail(ForemanError(503, str(e), {"Retry-After": str(e.retry_after)}))
+                    return
+                self.queue_wait = ticket.waited
+                self.note_queue_wait()
+                started = time.monotonic()
+                unreachable = await self.relay(method, path, body, retry_unreachable=True)
+                if unreachable is None:
+                    self.queue.done(ticket, time.monotonic() - started)
+                    return
+                # Nothing reached a model: keep the place and wait the outage out.
+                log.info("target unreachable; request from %s waits for it: %s", self.client_id, unreachable)
+                self.queue.unreachable(ticket, str(unreachable))
+        finally:
+            self.queue.done(ticket)
+            self._ticket = None
+
+    async def relay(
+        self, method: str, path: str, body: bytes | None, retry_unreachable: bool = False
+    ) -> TargetUnreachable | None:
+        """Send this request to the target and relay the answer.
+
+        Finishes the response, except when `retry_unreachable` is set and the
+        target could not be reached: then nothing was sent to the client and
+        the error is returned so that the caller can try again.
+        """
+        if self._client_gone:
+            return None
         upstream = self._upstream = Upstream()
         sink = ClientSink(self)
         try:
             await self.target.relay(method, path, body, self.request.headers, sink, upstream)
         except Cancelled:
             log.debug("client left %s %s; target request closed", method, path)
-            return
+            return None
+        except TargetUnreachable as e:
+            if retry_unreachable and not self._client_gone:
+                return e
+            self._answer_failure(e, sink, method, path)
+            return None
         except TargetError as e:
-            if self._client_gone or self._connection_closed():
-                return
-            if sink.sent:
-                # Status and headers are on the wire; all that is left is to
-                # say what happened in the stream itself, as Ollama does.
-                log.warning("%s %s broke off mid-stream: %s", method, path, e)
-                line = error_body(str(e)) + "\n"
-                self.finish(line if sink.at_line_start else "\n" + line)
-            else:
-                self.fail(target_failure(e))
-            return
+            self.queue.reachable()
+            self._answer_failure(e, sink, method, path)
+            return None
         finally:
             self._upstream = None
+        self.queue.reachable()
         if not self._client_gone:
             sink.finish()
+        return None
+
+    def _answer_failure(self, error: TargetError, sink: ClientSink, method: str, path: str) -> None:
+        if self._client_gone or self._connection_closed():
+            return
+        if sink.sent:
+            # Status and headers are on the wire; all that is left is to say
+            # what happened in the stream itself, as Ollama does.
+            log.warning("%s %s broke off mid-stream: %s", method, path, error)
+            line = error_body(str(error)) + "\n"
+            self.finish(line if sink.at_line_start else "\n" + line)
+        else:
+            self.fail(target_failure(error))

@@ -1,0 +1,301 @@
+"""One fair, bounded queue in front of the target.
+
+At most `concurrency` generation requests are at the target at once; up to
+`max_queue` more wait. Turns go round-robin across clients that have work
+waiting and first-in-first-out within a client, so a client with one request
+waits behind at most one request of each other client, however many those
+have queued.
+
+An unreachable target is a transient state. A request whose turn comes while
+the target cannot be reached goes back to the head of the queue, dispatch
+pauses, and one request at a time probes the target with capped exponential
+backoff; any answer from the target (or a good poll) resumes dispatch at
+once. A request fails only when its own wait runs past `timeout`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+
+# Probing an unreachable target: first retry after this, doubling up to the cap.
+FIRST_BACKOFF = 0.5
+MAX_BACKOFF = 15.0
+# Service times remembered to estimate Retry-After for a full queue.
+_SERVICE_SAMPLES = 32
+
+
+class QueueError(Exception):
+    """A request that will not get a turn; says how long to wait before retrying."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class QueueFull(QueueError):
+    pass
+
+
+class QueueTimeout(QueueError):
+    pass
+
+
+class QueueClosed(QueueError):
+    pass
+
+
+class ClientLeft(Exception):
+    """The client went away while waiting."""
+
+
+class Ticket:
+    """One request's place in the queue."""
+
+    __slots__ = ("client", "admitted", "deadline", "granted", "waited", "left", "_timer")
+
+    def __init__(self, client: str, admitted: float, deadline: float) -> None:
+        self.client = client
+        self.admitted = admitted
+        self.deadline = deadline
+        self.granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        #: seconds between admission and the (last) turn
+        self.waited = 0.0
+        self.left = False
+        self._timer: asyncio.TimerHandle | None = None
+
+
+class FairQueue:
+    def __init__(
+        self,
+        concurrency: int,
+        max_queue: int,
+        timeout: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.concurrency = concurrency
+        self.max_queue = max_queue
+        self.timeout = timeout
+        self._clock = clock
+        # Clients with waiting tickets, in the order their next turn comes.
+        self._rotation: deque[str] = deque()
+        self._tickets: dict[str, deque[Ticket]] = {}
+        self._holding: set[Ticket] = set()
+        self.waiting = 0
+        self.closed = False
+        # Set while the target is unreachable: no new turns but probes.
+        self.paused = False
+        #: the last connection error, while the target is unreachable
+        self.last_error: str | None = None
+        self._backoff = 0.0
+        self._probe_timer: asyncio.TimerHandle | None = None
+        self._probe: Ticket | None = None
+        self._service_times: deque[float] = deque(maxlen=_SERVICE_SAMPLES)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._holding)
+
+    def snapshot(self) -> dict[str, int]:
+        return {
+            "waiting": self.waiting,
+            "in_flight": self.in_flight,
+            "concurrency": self.concurrency,
+            "max_queue": self.max_queue,
+        }
+
+    # --- a request's life --------------------------------------------------
+
+    def admit(self, client: str) -> Ticket:
+        """Take a place in the queue, or be refused at once."""
+        if self.closed:
+            raise QueueClosed("foreman is shutting down; retry shortly", 1)
+        if self.waiting >= self.max_queue and not self._free_slot():
+            raise QueueFull(
+                f"foreman's queue is full ({self.max_queue} requests waiting); retry later",
+                self.retry_after(),
+            )
+        now = self._clock()
+        ticket = Ticket(client, now, now + self.timeout)
+        self._enqueue(ticket, at_front=False)
+        self._dispatch()
+        return ticket
+
+    async def turn(self, ticket: Ticket) -> None:
+        """Wait until `ticket` may go to the target.
+
+        Raises QueueTimeout, QueueClosed, or ClientLeft after `leave()`.
+        """
+        try:
+            await ticket.granted
+        except asyncio.CancelledError:
+            if ticket.left:
+                raise ClientLeft() from None
+            raise
+        ticket.waited = self._clock() - ticket.admitted
+
+    def leave(self, ticket: Ticket) -> None:
+        """The client went away: give up the place or the slot."""
+        ticket.left = True
+        if ticket in self._holding:
+            self._release(ticket)
+        elif self._remove(ticket):
+            ticket.granted.cancel()
+
+    def done(self, ticket: Ticket, service_time: float | None = None) -> None:
+        """The request is over (or failed for a reason retrying cannot fix)."""
+        if service_time is not None:
+            self._service_times.append(service_time)
+        if ticket in self._holding:
+            self._release(ticket)
+
+    def unreachable(self, ticket: Ticket, error: str) -> None:
+        """The target could not be reached for `ticket`: back to the head of the queue."""
+        self.last_error = error
+        failed_probe = ticket is self._probe
+        if ticket in self._holding:
+            self._holding.discard(ticket)
+            if failed_probe:
+                self._probe = None
+            ticket.granted = asyncio.get_running_loop().create_future()
+            self._enqueue(ticket, at_front=True)
+        if not self.paused or failed_probe:
+            self.paused = True
+            self._backoff = min(MAX_BACKOFF, self._backoff * 2 or FIRST_BACKOFF)
+        self._schedule_probe()
+
+    def reachable(self) -> None:
+        """The target answered: resume dispatch at once."""
+        self._backoff = 0.0
+        self.last_error = None
+        if self._probe_timer is not None:
+            self._probe_timer.cancel()
+            self._probe_timer = None
+        if self.paused:
+            self.paused = False
+            self._dispatch()
+
+    def close(self) -> None:
+        """Refuse new requests and answer every waiting one (shutdown)."""
+        self.closed = True
+        if self._probe_timer is not None:
+            self._probe_timer.cancel()
+            self._probe_timer = None
+        for client in list(self._rotation):
+            for ticket in list(self._tickets.get(client, ())):
+                self._remove(ticket)
+                ticket.granted.set_exception(QueueClosed("foreman is shutting down; retry shortly", 1))
+
+    def retry_after(self) -> int:
+        """Whole seconds until a place is likely free, from recent service times."""
+        if not self._service_times:
+            return 1
+        mean = sum(self._service_times) / len(self._service_times)
+        return max(1, math.ceil(mean * (self.waiting + 1) / self.concurrency))
+
+    # --- bookkeeping -------------------------------------------------------
+
+    def _free_slot(self) -> bool:
+        return not self.paused and not self._rotation and self.in_flight < self.concurrency
+
+    def _enqueue(self, ticket: Ticket, *, at_front: bool) -> None:
+        queue = self._tickets.get(ticket.client)
+        if queue is None:
+            queue = self._tickets[ticket.client] = deque()
+            if at_front:
+                self._rotation.appendleft(ticket.client)
+            else:
+                self._rotation.append(ticket.client)
+        elif at_front:
+            # A request retried after an unreachable target keeps its place.
+            self._rotation.remove(ticket.client)
+            self._rotation.appendleft(ticket.client)
+        if at_front:
+            queue.appendleft(ticket)
+        else:
+            queue.append(ticket)
+        self.waiting += 1
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, ticket.deadline - self._clock())
+        ticket._timer = loop.call_later(delay, self._expire, ticket)
+
+    def _remove(self, ticket: Ticket) -> bool:
+        queue = self._tickets.get(ticket.client)
+        if queue is None or ticket not in queue:
+            return False
+        queue.remove(ticket)
+        if not queue:
+            del self._tickets[ticket.client]
+            self._rotation.remove(ticket.client)
+        self.waiting -= 1
+        if ticket._timer is not None:
+            ticket._timer.cancel()
+            ticket._timer = None
+        return True
+
+    def _grant_next(self) -> Ticket:
+        client = self._rotation.popleft()
+        queue = self._tickets[client]
+        ticket = queue.popleft()
+        if queue:
+            self._rotation.append(client)
+        else:
+            del self._tickets[client]
+        self.waiting -= 1
+        if ticket._timer is not None:
+            ticket._timer.cancel()
+            ticket._timer = None
+        self._holding.add(ticket)
+        ticket.granted.set_result(None)
+        return ticket
+
+    def _dispatch(self) -> None:
+        while not self.paused and self._rotation and self.in_flight < self.concurrency:
+            self._grant_next()
+
+    def _release(self, ticket: Ticket) -> None:
+        self._holding.discard(ticket)
+        if ticket is self._probe:
+            self._probe = None
+        if self.paused:
+            self._schedule_probe()
+        else:
+            self._dispatch()
+
+    def _schedule_probe(self) -> None:
+        # One probe at a time: while one is at the target, plan no other.
+        if self._probe_timer is None and self._probe is None and not self.closed:
+            self._probe_timer = asyncio.get_running_loop().call_later(self._backoff, self._send_probe)
+
+    def _send_probe(self) -> None:
+        self._probe_timer = None
+        if not self.paused:
+            return
+        if not self._rotation:
+            # Nothing waits: the next request tries the target itself.
+            self.paused = False
+        elif self.in_flight < self.concurrency:
+            self._probe = self._grant_next()
+        # else: every slot is busy; the next release plans the probe.
+
+    def _expire(self, ticket: Ticket) -> None:
+        ticket._timer = None
+        if not self._remove(ticket):
+            return
+        waited = _duration(self.timeout)
+        if self.paused and self.last_error:
+            message = f"gave up after waiting {waited} for the target: {self.last_error}"
+            retry_after = max(1, math.ceil(self._backoff))
+        else:
+            message = f"gave up after waiting {waited} for a turn; the target is busy"
+            retry_after = self.retry_after()
+        ticket.granted.set_exception(QueueTimeout(message, retry_after))
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 60 and seconds % 60 == 0:
+        return f"{int(seconds // 60)}m"
+    return f"{seconds:g}s"
