@@ -100,3 +100,30 @@ async def until(predicate, timeout: float = 10.0) -> None:
             await asyncio.sleep(0.01)
 
     await asyncio.wait_for(wait(), timeout)
+
+
+async def serve_raw(behaviour):
+    """A loopback TCP server that answers each request with `behaviour(head, writer)`.
+
+    For targets that misbehave below HTTP: half answers, garbage, hang-ups.
+    Returns the asyncio server and its base URL.
+    """
+    import re
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            # Read the body too: closing a socket with unread input sends a
+            # reset, which would discard what the client has not read yet.
+            length = re.search(rb"(?i)content-length: *(\d+)", head)
+            if length:
+                await reader.readexactly(int(length.group(1)))
+            await behaviour(head, writer)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    return server, f"http://127.0.0.1:{port}"

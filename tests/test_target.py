@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import socket
-from collections.abc import Awaitable, Callable
 
 import pytest
 from tornado.httputil import HTTPHeaders
@@ -18,8 +16,7 @@ from foreman.ollama import (
     TargetUnusable,
     Upstream,
 )
-
-Behaviour = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+from tests.helpers import serve_raw
 
 
 class Collect:
@@ -37,26 +34,6 @@ class Collect:
     def write(self, chunk: bytes) -> None:
         self.body += chunk
         self.received.set()
-
-
-async def serve_raw(behaviour: Behaviour) -> tuple[asyncio.Server, str]:
-    """A loopback TCP server that answers every connection with `behaviour`."""
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            head = await reader.readuntil(b"\r\n\r\n")
-            # Read the body too: closing a socket with unread input sends a
-            # reset, which would discard what the client has not read yet.
-            length = re.search(rb"(?i)content-length: *(\d+)", head)
-            if length:
-                await reader.readexactly(int(length.group(1)))
-            await behaviour(reader, writer)
-        finally:
-            writer.close()
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    return server, f"http://127.0.0.1:{port}"
 
 
 def client(url: str, **kwargs) -> TargetClient:
@@ -93,7 +70,7 @@ async def test_name_lookup_failure_is_unreachable(io_loop) -> None:
 
 
 async def test_closed_before_any_response_is_unreachable(io_loop) -> None:
-    async def hang_up(reader, writer) -> None:
+    async def hang_up(head, writer) -> None:
         pass
 
     server, url = await serve_raw(hang_up)
@@ -103,7 +80,7 @@ async def test_closed_before_any_response_is_unreachable(io_loop) -> None:
 
 
 async def test_non_http_reply_is_unusable(io_loop) -> None:
-    async def garbage(reader, writer) -> None:
+    async def garbage(head, writer) -> None:
         writer.write(b"SSH-2.0-OpenSSH_9.2\r\n\r\n")
         await writer.drain()
 
@@ -118,7 +95,7 @@ async def test_non_http_reply_is_unusable(io_loop) -> None:
 async def test_broken_off_mid_response_is_unusable_and_marked_started(io_loop) -> None:
     sink = Collect()
 
-    async def half(reader, writer) -> None:
+    async def half(head, writer) -> None:
         writer.write(
             b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n"
             b"e\r\n{\"done\":false}\r\n"
@@ -140,7 +117,7 @@ async def test_broken_off_mid_response_is_unusable_and_marked_started(io_loop) -
 async def test_no_answer_before_deadline_is_timeout(io_loop) -> None:
     never = asyncio.Event()
 
-    async def silent(reader, writer) -> None:
+    async def silent(head, writer) -> None:
         await never.wait()
 
     server, url = await serve_raw(silent)
@@ -161,7 +138,7 @@ async def test_error_status_is_status_error_for_fetch_and_relayed_for_relay(io_l
 
 
 async def test_hop_by_hop_and_length_headers_are_not_relayed_back(io_loop) -> None:
-    async def answer(reader, writer) -> None:
+    async def answer(head, writer) -> None:
         writer.write(
             b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n"
             b"Connection: close, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\nX-End: kept\r\n\r\n{}"
