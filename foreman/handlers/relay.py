@@ -146,7 +146,8 @@ class RelayHandler(BaseHandler):
             self._answer_failure(e, sink, method, path)
             return None
         except TargetError as e:
-            self.queue.reachable()
+            if upstream.head_received:
+                self.queue.reachable()
             self._answer_failure(e, sink, method, path)
             return None
         finally:
