@@ -579,3 +579,68 @@ async def test_stub_command_serves_tags_until_sigterm(http) -> None:
         child.send(signal.SIGTERM)
         assert await child.wait_exit() == 0
         assert "Traceback" not in child.log
+
+
+# --- the queue at shutdown ------------------------------------------------------------------
+
+
+async def queue_state(http: SimpleAsyncHTTPClient, url: str) -> dict:
+    health = await fetch(http, url + "/healthz")
+    return json.loads(health.body)["queue"]
+
+
+@pytest.mark.timeout(seconds=60)
+async def test_sigterm_answers_waiting_requests_at_once_and_finishes_the_one_in_flight(
+    stub, http
+) -> None:
+    release = paced(stub)
+    env = foreman_env(stub.url, FOREMAN_CONCURRENCY="1")
+    async with started(CONSOLE_SCRIPT, env) as child:
+        reader, response = stream_chat(http, child.url)
+        await reader.wait_lines(1, timeout=DEADLINE)
+        assert reader.status == 200
+
+        waiting = [
+            asyncio.ensure_future(
+                fetch(http, child.url + "/api/chat", method="POST", body=CHAT)
+            )
+            for _ in range(2)
+        ]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + DEADLINE
+        while (state := await queue_state(http, child.url))["waiting"] < 2:
+            assert loop.time() < deadline, f"queue never filled: {state}; stderr:\n{child.log}"
+            await asyncio.sleep(0.05)
+        assert state["waiting"] == 2 and state["in_flight"] == 1, state
+        assert stub.chats_started == 1
+
+        child.send(signal.SIGTERM)
+        signalled = loop.time()
+        try:
+            refused = await asyncio.wait_for(asyncio.gather(*waiting), 5)
+        except TimeoutError:
+            raise AssertionError(
+                f"waiting requests unanswered 5s after SIGTERM; stderr:\n{child.log}"
+            ) from None
+        answered_in = loop.time() - signalled
+        # Answered while the stream in flight is still held open by the stub.
+        assert not response.done()
+        assert len(reader.lines) == 1
+        for result in refused:
+            assert result.code == 503, (result.code, result.body)
+            assert result.headers["Content-Type"].startswith("application/json")
+            error = json.loads(result.body)
+            assert set(error) == {"error"}, error
+            assert "shutting down" in error["error"]
+            assert int(result.headers["Retry-After"]) >= 1
+            assert "X-Foreman-Queue-Wait" in result.headers
+        assert answered_in < 2, f"waiting requests answered {answered_in:.2f}s after SIGTERM"
+        assert stub.chats_started == 1, "a waiting request reached the target"
+
+        release.set()
+        result = await asyncio.wait_for(response, DEADLINE)
+        assert result.code == 200
+        assert len(reader.lines) == CHAT_LINES
+        assert [line["done"] for line in reader.lines] == [False] * (CHAT_LINES - 1) + [True]
+        assert await child.wait_exit() == 0
+        assert "Traceback" not in child.log
