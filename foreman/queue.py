@@ -112,7 +112,7 @@ class FairQueue:
     def admit(self, client: str) -> Ticket:
         """Take a place in the queue, or be refused at once."""
         if self.closed:
-            raise QueueClosed("foreman is shutting down; retry shortly", 1)
+            raise _shutting_down()
         if self.waiting >= self.max_queue and not self._free_slot():
             raise QueueFull(
                 f"foreman's queue is full ({self.max_queue} requests waiting); retry later",
@@ -134,6 +134,8 @@ class FairQueue:
         except asyncio.CancelledError:
             if ticket.left:
                 raise ClientLeft() from None
+            # The waiting task itself was cancelled: give up the place.
+            self.leave(ticket)
             raise
         ticket.waited = self._clock() - ticket.admitted
 
@@ -161,6 +163,9 @@ class FairQueue:
             if failed_probe:
                 self._probe = None
             ticket.granted = asyncio.get_running_loop().create_future()
+            if self.closed:
+                ticket.granted.set_exception(_shutting_down())
+                return
             self._enqueue(ticket, at_front=True)
         if not self.paused or failed_probe:
             self.paused = True
@@ -187,7 +192,7 @@ class FairQueue:
         for client in list(self._rotation):
             for ticket in list(self._tickets.get(client, ())):
                 self._remove(ticket)
-                ticket.granted.set_exception(QueueClosed("foreman is shutting down; retry shortly", 1))
+                ticket.granted.set_exception(_shutting_down())
 
     def retry_after(self) -> int:
         """Whole seconds until a place is likely free, from recent service times."""
@@ -293,6 +298,10 @@ class FairQueue:
             message = f"gave up after waiting {waited} for a turn; the target is busy"
             retry_after = self.retry_after()
         ticket.granted.set_exception(QueueTimeout(message, retry_after))
+
+
+def _shutting_down() -> QueueClosed:
+    return QueueClosed("foreman is shutting down; retry shortly", 1)
 
 
 def _duration(seconds: float) -> str:

@@ -283,3 +283,28 @@ async def test_log_line_has_queue_wait_and_client_hash_not_token(start_foreman, 
     line = record.getMessage()
     assert "client=token:" in line and " wait=" in line
     assert "very-secret-token" not in caplog.text
+
+
+async def test_queue_resumes_when_the_target_starts_answering_not_when_it_finishes(start_foreman, stub) -> None:
+    front = start_foreman(FOREMAN_CONCURRENCY="2", FOREMAN_QUEUE_TIMEOUT="1m")
+    await front.ready()
+    port = int(stub.url.rsplit(":", 1)[1])
+    await stub.stop()
+    gate = asyncio.Event()
+
+    async def pace(i: int) -> None:
+        await gate.wait()
+
+    stub.pace = pace
+    probe = StreamReader()
+    probing = front.client().fetch(probe.request(front.url + "/api/chat", chat_body("probe")), raise_error=False)
+    await until(lambda: front.foreman.queue.paused)
+    stub.listen(port)
+    await probe.wait_lines(1, timeout=30)  # the probe's stream has begun and now stalls
+    assert not front.foreman.queue.paused
+    second = asyncio.ensure_future(front.fetch("/api/chat", method="POST", body=chat_body("second", stream=False)))
+    # The second request reaches the target while the probe's answer is still streaming.
+    await stub.wait_for(lambda: stub.chats_started == 2, timeout=10)
+    gate.set()
+    assert (await probing).code == 200
+    assert (await second).code == 200

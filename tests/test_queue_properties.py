@@ -531,16 +531,9 @@ async def test_close_while_paused_answers_the_requeued_request_too(io_loop, monk
     assert q.in_flight == 0 and q.waiting == 0
 
 
-# --- known bugs (xfail strict: they pass once the queue is fixed) -----------------------------
+# --- regressions: bugs found by this file, fixed in foreman/queue.py ---------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a turn() cancelled while waiting leaves its ticket queued with a cancelled "
-    "future (done() releases only held tickets); when its turn comes, _grant_next puts it "
-    "in _holding and set_result() raises InvalidStateError out of another request's done(): "
-    "the slot is never released and the next waiter never gets a turn",
-)
 async def test_a_cancelled_wait_gives_up_its_place(io_loop) -> None:
     q = FairQueue(concurrency=1, max_queue=10, timeout=60)
     a = q.admit("a")
@@ -551,17 +544,11 @@ async def test_a_cancelled_wait_gives_up_its_place(io_loop) -> None:
     with pytest.raises(asyncio.CancelledError):
         await wait_b
     q.done(b)  # relay_queued's `finally`
-    q.done(a, 0.1)  # raises InvalidStateError today
+    q.done(a, 0.1)  # raised InvalidStateError before the fix
     assert granted(c)
     assert q.in_flight == 1 and q.waiting == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="after close(), unreachable() re-queues an in-flight ticket into the closed "
-    "queue and plans no probe (closed), so it is never answered with QueueClosed: it "
-    "waits out its whole timeout (FOREMAN_QUEUE_TIMEOUT, 10m by default) instead",
-)
 async def test_a_request_requeued_after_close_is_answered_at_once(io_loop) -> None:
     loop = asyncio.get_running_loop()
     q = FairQueue(concurrency=1, max_queue=10, timeout=0.5)
@@ -571,6 +558,6 @@ async def test_a_request_requeued_after_close_is_answered_at_once(io_loop) -> No
     q.unreachable(a, "connection refused")  # ...and the target goes away
     started = loop.time()
     with pytest.raises(QueueClosed):
-        await q.turn(a)  # QueueTimeout after 0.5 s today
+        await q.turn(a)  # was QueueTimeout after 0.5 s before the fix
     assert loop.time() - started < 0.25
     assert q.waiting == 0

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 
 import tornado.web
 
@@ -31,8 +31,9 @@ _MAX_HELD_DOCUMENT = 64 << 20
 class ClientSink:
     """The `Sink` that writes a target's answer to one client."""
 
-    def __init__(self, handler: tornado.web.RequestHandler) -> None:
+    def __init__(self, handler: tornado.web.RequestHandler, on_start: Callable[[], None]) -> None:
         self._handler = handler
+        self._on_start = on_start
         self._held: list[bytes] | None = None
         self._held_size = 0
         #: whether any byte has gone out to the client
@@ -41,6 +42,7 @@ class ClientSink:
         self.at_line_start = True
 
     def start(self, status: int, reason: str, headers: list[tuple[str, str]]) -> None:
+        self._on_start()
         handler = self._handler
         handler.set_status(status, reason or None)
         for name in ("Content-Type", "Date", "Server"):
@@ -134,7 +136,9 @@ class RelayHandler(BaseHandler):
         if self._client_gone:
             return None
         upstream = self._upstream = Upstream()
-        sink = ClientSink(self)
+        # The target answering at all proves it is back: resume the queue then,
+        # not when this (possibly minutes-long) answer ends.
+        sink = ClientSink(self, on_start=self.queue.reachable)
         try:
             await self.target.relay(method, path, body, self.request.headers, sink, upstream)
         except Cancelled:
@@ -152,7 +156,6 @@ class RelayHandler(BaseHandler):
             return None
         finally:
             self._upstream = None
-        self.queue.reachable()
         if not self._client_gone:
             sink.finish()
         return None
