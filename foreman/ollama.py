@@ -36,6 +36,8 @@ from tornado.simple_httpclient import (
     _HTTPConnection,
 )
 
+from foreman.pool import ConnectionPool, reusable
+
 # Headers that describe one connection rather than the message (RFC 9110
 # 7.6.1); forwarding them would corrupt the framing of the other hop.
 HOP_BY_HOP = frozenset(
@@ -169,26 +171,56 @@ class Upstream:
             self._stream = None
 
     def detach(self) -> None:
-        """Forget the stream once its response is over (Tornado closes it)."""
-        self._stream = None
+        """Let go of the stream once its response is over (it may be reused)."""
+        if self._stream is not None:
+            self._stream.__dict__.pop("read_until_regex", None)
+            self._stream = None
 
 
 class _UpstreamRequest(HTTPRequest):
     upstream: Upstream | None = None
 
 
-class _HandsOverStream(_HTTPConnection):
-    def _create_connection(self, stream: IOStream):  # type: ignore[no-untyped-def]
+class _PooledConnection(_HTTPConnection):
+    """Tornado's per-request client connection, made closable and reusable."""
+
+    tcp_client: ConnectionPool  # type: ignore[assignment]
+    _version = ""
+
+    def _upstream(self) -> Upstream | None:
         # self.request is Tornado's proxy of the request given to fetch().
-        upstream = getattr(getattr(self.request, "request", None), "upstream", None)
+        return getattr(getattr(self.request, "request", None), "upstream", None)
+
+    def _create_connection(self, stream: IOStream):  # type: ignore[no-untyped-def]
+        upstream = self._upstream()
         if upstream is not None:
             upstream.attach(stream)
         return super()._create_connection(stream)
 
+    async def headers_received(self, first_line, headers):  # type: ignore[no-untyped-def]
+        self._version = first_line.version
+        await super().headers_received(first_line, headers)
+
+    def _on_end_request(self) -> None:
+        # The response was read to its end: detach the handle first, so a
+        # client leaving now cannot close a connection another request holds.
+        upstream = self._upstream()
+        if upstream is not None:
+            upstream.detach()
+        assert self.code is not None and self.headers is not None
+        if reusable(self.code, self.request.method, self.headers, self._version):
+            self.tcp_client.give_back(self.connection.detach())
+        else:
+            self.stream.close()
+
 
 class _Client(SimpleAsyncHTTPClient):
+    def initialize(self, **kwargs: Any) -> None:  # type: ignore[override]
+        super().initialize(**kwargs)
+        self.tcp_client = ConnectionPool(self.tcp_client)  # type: ignore[assignment]
+
     def _connection_class(self) -> type:
-        return _HandsOverStream
+        return _PooledConnection
 
 
 class Target(Protocol):
@@ -255,7 +287,7 @@ class TargetClient:
         self._http.close()
 
     async def fetch(self, path: str) -> TargetResponse:
-        headers = httputil.HTTPHeaders({"Accept": "application/json"})
+        headers = httputil.HTTPHeaders({"Accept": "application/json", "Connection": "keep-alive"})
         self._authorize(headers)
         upstream = Upstream()
 
@@ -294,6 +326,8 @@ class TargetClient:
         upstream: Upstream,
     ) -> None:
         outgoing = forwardable_headers(headers)
+        # Without it Tornado asks the target to close after each response.
+        outgoing["Connection"] = "keep-alive"
         self._authorize(outgoing)
         status_line: list[httputil.ResponseStartLine] = []
         response_headers: list[tuple[str, str]] = []

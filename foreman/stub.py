@@ -521,12 +521,14 @@ class _TrackingHTTPServer(HTTPServer):
     """HTTPServer that remembers its sockets so stop() can cut them all at once."""
 
     def initialize(self, *args: Any, **kwargs: Any) -> None:
+        self.on_accept: Callable[[], None] = kwargs.pop("on_accept")
         super().initialize(*args, **kwargs)
         self.streams: set[tornado.iostream.IOStream] = set()
 
     def handle_stream(self, stream: tornado.iostream.IOStream, address: tuple[Any, ...]) -> None:
         self.streams = {s for s in self.streams if not s.closed()}
         self.streams.add(stream)
+        self.on_accept()
         super().handle_stream(stream, address)
 
 
@@ -570,6 +572,7 @@ class StubOllama:
         self.chats_disconnected = 0
         self.chats_broken = 0  # streams cut by break_after
         self.tags_polls = 0
+        self.connections = 0  # TCP connections accepted
         self.active_chats = 0
         self.max_active_chats = 0
 
@@ -602,7 +605,7 @@ class StubOllama:
         # bind_sockets sets SO_REUSEADDR, so a restart on the same port works
         # even while the previous connections sit in TIME_WAIT.
         sockets = tornado.netutil.bind_sockets(port, address=host or None)
-        server = _TrackingHTTPServer(self.make_app())
+        server = _TrackingHTTPServer(self.make_app(), on_accept=lambda: self._bump("connections"))
         server.add_sockets(sockets)
         self._server = server
         self._host = host
@@ -663,6 +666,7 @@ class StubOllama:
             "tags_polls": self.tags_polls,
             "active_chats": self.active_chats,
             "max_active_chats": self.max_active_chats,
+            "connections": self.connections,
         }
 
     def resolve(self, requested: str) -> str | None:

@@ -1,0 +1,101 @@
+"""Connections to the target are kept alive and reused, and never reused when they must not be."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+from tests.helpers import StreamReader, ndjson, raw_post, serve_raw, until
+
+
+def chat(content: str = "hi", **extra) -> dict:
+    body = {"model": "llama3.2", "messages": [{"role": "user", "content": content}]}
+    body.update(extra)
+    return body
+
+
+async def test_sequential_requests_share_one_target_connection(foreman, stub) -> None:
+    await foreman.ready()
+    before = stub.connections
+    for i in range(10):
+        streamed = await foreman.fetch("/api/chat", method="POST", body=chat(f"s{i}"))
+        assert ndjson(streamed.body)[-1]["done"] is True
+        whole = await foreman.fetch("/api/chat", method="POST", body=chat(f"w{i}", stream=False))
+        assert json.loads(whole.body)["done"] is True
+        assert (await foreman.fetch("/api/ps")).code == 200
+    assert stub.connections - before <= 1
+    assert foreman.foreman.target._http.tcp_client.reused >= 29
+
+
+async def test_connection_closed_by_a_leaving_client_is_not_reused(foreman, stub) -> None:
+    await foreman.ready()
+    gate = asyncio.Event()
+
+    async def pace(i: int) -> None:
+        await gate.wait()
+
+    stub.pace = pace
+    stream = await raw_post(foreman.url, "/api/chat", chat())
+    await asyncio.wait_for(stream.read_until(b'"done":false'), 10)
+    stream.close()
+    await stub.wait_for(lambda: stub.chats_disconnected == 1)
+    stub.pace = None
+    before = stub.connections
+    response = await foreman.fetch("/api/chat", method="POST", body=chat(stream=False))
+    assert response.code == 200
+    assert stub.connections == before + 1  # a fresh connection, not the closed one
+
+
+async def test_idle_connection_closed_by_the_target_is_not_reused(foreman, stub, caplog) -> None:
+    await foreman.ready()
+    assert (await foreman.fetch("/api/chat", method="POST", body=chat(stream=False))).code == 200
+    port = int(stub.url.rsplit(":", 1)[1])
+    await stub.stop()  # closes every connection, the idle pooled one too
+    stub.listen(port)
+    with caplog.at_level(logging.INFO, logger="foreman.relay"):
+        response = await foreman.fetch("/api/chat", method="POST", body=chat(stream=False))
+    assert response.code == 200
+    # One try was enough: no request was sent down the dead connection.
+    assert not [r for r in caplog.records if "unreachable" in r.getMessage()]
+    assert stub.chats_started == 2
+
+
+async def test_answer_without_keep_alive_closes_the_connection(start_foreman) -> None:
+    tags = b'{"models":[{"name":"llama3.2:latest","model":"llama3.2:latest"}]}'
+    connections = 0
+
+    async def answer(head: bytes, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        body = tags if b"/api/tags" in head else b'{"done":true}'
+        # HTTP/1.0 and no length: the body ends when the connection does.
+        writer.write(b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n" + body)
+        await writer.drain()
+
+    server, url = await serve_raw(answer)
+    front = start_foreman(url)
+    await front.ready()
+    for _ in range(3):
+        response = await front.fetch("/api/chat", method="POST", body=chat(stream=False))
+        assert response.code == 200 and response.body == b'{"done":true}'
+    assert connections == 4  # the poll and three chats, each on its own connection
+    server.close()
+
+
+async def test_many_streams_at_once_use_many_connections_then_reuse_them(start_foreman, stub) -> None:
+    front = start_foreman(FOREMAN_CONCURRENCY="20")
+    await front.ready()
+    stub.hold = asyncio.Event()
+    http = front.client(max_clients=20)
+    pending = [http.fetch(front.url + "/api/chat", method="POST", body=json.dumps(chat(str(i))), request_timeout=60)
+               for i in range(20)]
+    await stub.wait_for(lambda: stub.active_chats == 20)
+    stub.hold.set()
+    await asyncio.gather(*pending)
+    after_burst = stub.connections
+    readers = [StreamReader() for _ in range(20)]
+    await asyncio.gather(*(http.fetch(r.request(front.url + "/api/chat", chat("again"))) for r in readers))
+    assert all(r.lines[-1]["done"] for r in readers)
+    assert stub.connections == after_burst  # all twenty came from the pool
+    await until(lambda: front.foreman.activity.in_flight == 0)
