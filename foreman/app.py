@@ -26,7 +26,10 @@ def make_app(
         "target": target,
         "inventory": inventory,
         "activity": activity or Activity(),
-        "tokens": TokenSet(config.tokens),
+        # Admin tokens are good for every route; without FOREMAN_TOKENS the
+        # ordinary routes stay open.
+        "tokens": TokenSet(config.tokens + config.admin_tokens if config.tokens else ()),
+        "admins": TokenSet(config.admin_tokens),
         "queue": queue or FairQueue(config.concurrency, config.max_queue, config.queue_timeout),
     }
     return tornado.web.Application(

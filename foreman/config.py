@@ -53,6 +53,7 @@ class Config:
     concurrency: int = 1
     max_queue: int = 128
     queue_timeout: float = 600.0
+    admin_tokens: tuple[str, ...] = ()
 
     @property
     def target_display(self) -> str:
@@ -75,7 +76,8 @@ class Config:
             f"tokens=<{len(self.tokens)} hidden>, tokens_file={self.tokens_file!r}, "
             f"log_format={self.log_format!r}, log_level={self.log_level!r}, "
             f"shutdown_grace={self.shutdown_grace!r}, concurrency={self.concurrency!r}, "
-            f"max_queue={self.max_queue!r}, queue_timeout={self.queue_timeout!r})"
+            f"max_queue={self.max_queue!r}, queue_timeout={self.queue_timeout!r}, "
+            f"admin_tokens=<{len(self.admin_tokens)} hidden>)"
         )
 
 
@@ -201,6 +203,15 @@ SETTINGS: tuple[Setting, ...] = (
         "server is unreachable.",
         "DURATION",
     ),
+    Setting(
+        "admin_tokens",
+        "FOREMAN_ADMIN_TOKENS",
+        "--admin-tokens",
+        None,
+        "Comma-separated bearer tokens that may also manage models (pull, push, "
+        "create, copy, delete, blobs); with none, model management is refused.",
+        "TOKEN,...",
+    ),
 )
 
 _BY_FIELD: dict[str, Setting] = {s.field: s for s in SETTINGS}
@@ -257,6 +268,7 @@ def load(environ: Mapping[str, str], args: argparse.Namespace | None = None) -> 
     concurrency = _parse_count(*_required(pick("concurrency")), minimum=1)
     max_queue = _parse_count(*_required(pick("max_queue")), minimum=0)
     queue_timeout = _parse_duration_setting(*_required(pick("queue_timeout")), allow_zero=False)
+    admin_tokens = _parse_tokens(*pick("admin_tokens"))
     return Config(
         ollama_url=ollama_url,
         ollama_token=ollama_token,
@@ -272,6 +284,7 @@ def load(environ: Mapping[str, str], args: argparse.Namespace | None = None) -> 
         concurrency=concurrency,
         max_queue=max_queue,
         queue_timeout=queue_timeout,
+        admin_tokens=tuple(dict.fromkeys(admin_tokens)),
     )
 
 

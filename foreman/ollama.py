@@ -23,7 +23,7 @@ import asyncio
 import json
 import socket
 import ssl
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
@@ -113,6 +113,10 @@ class TargetResponse:
             return json.loads(self.body)
         except ValueError as e:
             raise TargetUnusable(f"target sent a body that is not JSON: {e}") from e
+
+
+#: writes a request body to the target piece by piece: `await producer(write)`
+BodyProducer = Callable[[Callable[[bytes], Awaitable[None]]], Awaitable[None]]
 
 
 class Sink(Protocol):
@@ -239,8 +243,12 @@ class Target(Protocol):
         headers: httputil.HTTPHeaders,
         sink: Sink,
         upstream: Upstream,
+        body_producer: BodyProducer | None = None,
     ) -> None:
-        """Send a client's request on and feed the answer, whatever its status, to `sink`."""
+        """Send a client's request on and feed the answer, whatever its status, to `sink`.
+
+        The body is `body`, or what `body_producer` writes (an upload streamed through).
+        """
 
     def close(self) -> None:
         """Release connections; the client is unusable afterwards."""
@@ -324,8 +332,12 @@ class TargetClient:
         headers: httputil.HTTPHeaders,
         sink: Sink,
         upstream: Upstream,
+        body_producer: BodyProducer | None = None,
     ) -> None:
         outgoing = forwardable_headers(headers)
+        if body_producer is not None and "Content-Length" in headers:
+            # Tornado sends a produced body chunked unless told its length.
+            outgoing["Content-Length"] = headers["Content-Length"]
         # Without it Tornado asks the target to close after each response.
         outgoing["Connection"] = "keep-alive"
         self._authorize(outgoing)
@@ -351,6 +363,7 @@ class TargetClient:
             method=method,
             headers=outgoing,
             body=body,
+            body_producer=cast(Any, body_producer),
             # No overall deadline: a generation may stream for many minutes.
             request_timeout=0,
             follow_redirects=False,

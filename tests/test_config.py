@@ -23,6 +23,7 @@ ALL_VARIABLES = [
     "FOREMAN_CONCURRENCY",
     "FOREMAN_MAX_QUEUE",
     "FOREMAN_QUEUE_TIMEOUT",
+    "FOREMAN_ADMIN_TOKENS",
 ]
 
 
@@ -541,3 +542,11 @@ def test_bad_queue_settings_name_the_variable(variable, value):
     message = error_for({variable: value})
     assert message.startswith(f"{variable}={value!r} ")
     assert "\n" not in message
+
+
+def test_admin_tokens_parsed_and_hidden():
+    cfg = load({"FOREMAN_ADMIN_TOKENS": " root-1 , root-2,root-1"})
+    assert cfg.admin_tokens == ("root-1", "root-2")
+    assert "root-1" not in repr(cfg)
+    message = error_for({"FOREMAN_ADMIN_TOKENS": "bad token"})
+    assert message.startswith("FOREMAN_ADMIN_TOKENS (value hidden)") and "bad token" not in message

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
-from foreman.handlers import chat, health, models
+from foreman.handlers import generation, health, info, manage, models, openai
 from foreman.handlers.base import NotFoundHandler
 
-routes = [*health.routes, *models.routes, *chat.routes]
+routes = [
+    *health.routes,
+    *info.routes,
+    *models.routes,
+    *generation.routes,
+    *manage.routes,
+    *openai.routes,
+]
 
 __all__ = ["routes", "NotFoundHandler"]

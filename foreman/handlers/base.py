@@ -62,6 +62,7 @@ class BaseHandler(tornado.web.RequestHandler):
         inventory: Inventory,
         activity: Activity,
         tokens: TokenSet,
+        admins: TokenSet,
         queue: FairQueue,
     ) -> None:
         self.config = config
@@ -69,6 +70,7 @@ class BaseHandler(tornado.web.RequestHandler):
         self.inventory = inventory
         self.activity = activity
         self.tokens = tokens
+        self.admins = admins
         self.queue = queue
         #: the model a request named, for the request log
         self.log_model: str | None = None
@@ -115,7 +117,11 @@ class BaseHandler(tornado.web.RequestHandler):
             self.set_header(name, value)
         self.note_queue_wait()
         self.set_header("Content-Type", JSON)
-        self.finish(error_body(error.message))
+        self.finish(self.error_document(error.status, error.message))
+
+    def error_document(self, status: int, message: str) -> str:
+        """The body of an error foreman itself answers; Ollama's shape unless overridden."""
+        return error_body(message)
 
     def note_queue_wait(self) -> None:
         if self.queue_wait is not None:
@@ -134,7 +140,7 @@ class BaseHandler(tornado.web.RequestHandler):
         else:
             message = httputil.responses.get(status_code, "error").lower()
         self.set_header("Content-Type", JSON)
-        self.finish(error_body(message))
+        self.finish(self.error_document(status_code, message))
 
     def send_target_answer(self, error: TargetStatusError) -> None:
         """Pass a target's error answer through unchanged."""

@@ -14,8 +14,14 @@ from collections.abc import Awaitable, Callable
 
 import tornado.web
 
-from foreman.handlers.base import BaseHandler, ForemanError, error_body, target_failure
-from foreman.ollama import Cancelled, TargetError, TargetUnreachable, Upstream
+from foreman.handlers.base import BaseHandler, ForemanError, target_failure
+from foreman.ollama import (
+    BodyProducer,
+    Cancelled,
+    TargetError,
+    TargetUnreachable,
+    Upstream,
+)
 from foreman.queue import ClientLeft, QueueError, Ticket
 
 log = logging.getLogger("foreman.relay")
@@ -40,6 +46,8 @@ class ClientSink:
         self.sent = False
         #: whether what went out ends with a complete line
         self.at_line_start = True
+        #: the answer's media type, e.g. "application/x-ndjson"
+        self.media_type = ""
 
     def start(self, status: int, reason: str, headers: list[tuple[str, str]]) -> None:
         self._on_start()
@@ -52,7 +60,7 @@ class ClientSink:
             handler.add_header(name, value)
             if name.lower() == "content-type":
                 content_type = value
-        media_type = content_type.partition(";")[0].strip().lower()
+        media_type = self.media_type = content_type.partition(";")[0].strip().lower()
         if media_type in _WHOLE_DOCUMENT_TYPES:
             self._held = []
 
@@ -125,7 +133,12 @@ class RelayHandler(BaseHandler):
             self._ticket = None
 
     async def relay(
-        self, method: str, path: str, body: bytes | None, retry_unreachable: bool = False
+        self,
+        method: str,
+        path: str,
+        body: bytes | None,
+        retry_unreachable: bool = False,
+        body_producer: BodyProducer | None = None,
     ) -> TargetUnreachable | None:
         """Send this request to the target and relay the answer.
 
@@ -140,7 +153,9 @@ class RelayHandler(BaseHandler):
         # not when this (possibly minutes-long) answer ends.
         sink = ClientSink(self, on_start=self.queue.reachable)
         try:
-            await self.target.relay(method, path, body, self.request.headers, sink, upstream)
+            await self.target.relay(
+                method, path, body, self.request.headers, sink, upstream, body_producer
+            )
         except Cancelled:
             log.debug("client left %s %s; target request closed", method, path)
             return None
@@ -167,7 +182,11 @@ class RelayHandler(BaseHandler):
             # Status and headers are on the wire; all that is left is to say
             # what happened in the stream itself, as Ollama does.
             log.warning("%s %s broke off mid-stream: %s", method, path, error)
-            line = error_body(str(error)) + "\n"
+            document = self.error_document(502, str(error))
+            if sink.media_type == "text/event-stream":
+                line = f"data: {document}\n\n"
+            else:
+                line = document + "\n"
             self.finish(line if sink.at_line_start else "\n" + line)
         else:
             self.fail(target_failure(error))

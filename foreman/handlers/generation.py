@@ -1,4 +1,8 @@
-"""POST /api/chat: validate the model, then relay to the target."""
+"""Routes that name a model in their JSON body: validated, then relayed.
+
+Generation routes (chat, generate, embeddings) go through the queue;
+`/api/show` only reads metadata and does not wait behind generations.
+"""
 
 from __future__ import annotations
 
@@ -22,9 +26,12 @@ def json_object(body: bytes) -> dict[str, object]:
 
 
 class ModelRouteHandler(RelayHandler):
-    """A generation route: the body names a model the target must have."""
+    """A POST route whose body names a model the target must have."""
 
     target_path = ""
+    queued = True
+    #: body fields that may name the model, in order of preference
+    model_fields: tuple[str, ...] = ("model",)
 
     async def post(self) -> None:
         try:
@@ -32,10 +39,13 @@ class ModelRouteHandler(RelayHandler):
         except ForemanError as e:
             self.fail(e)
             return
-        await self.relay_queued("POST", self.target_path, self.request.body)
+        if self.queued:
+            await self.relay_queued("POST", self.target_path, self.request.body)
+        else:
+            await self.relay("POST", self.target_path, self.request.body)
 
     async def check_model(self, document: dict[str, object]) -> None:
-        model = document.get("model")
+        model = next((document[f] for f in self.model_fields if document.get(f)), None)
         if not isinstance(model, str) or not model.strip():
             raise ForemanError(400, "model is required")
         self.log_model = model
@@ -50,10 +60,20 @@ class ModelRouteHandler(RelayHandler):
         raise ForemanError(404, f"model '{model}' not found")
 
 
-class ChatHandler(ModelRouteHandler):
-    """Chat with a model; streams NDJSON unless the body says `"stream": false`."""
+def model_route(path: str, *, queued: bool = True, fields: tuple[str, ...] = ("model",)) -> type:
+    """A `ModelRouteHandler` for one target path."""
+    return type(
+        "ModelRoute" + path.replace("/", "_"),
+        (ModelRouteHandler,),
+        {"target_path": path, "queued": queued, "model_fields": fields},
+    )
 
-    target_path = "/api/chat"
 
-
-routes = [(r"/api/chat", ChatHandler)]
+routes = [
+    (r"/api/chat", model_route("/api/chat")),
+    (r"/api/generate", model_route("/api/generate")),
+    (r"/api/embed", model_route("/api/embed")),
+    (r"/api/embeddings", model_route("/api/embeddings")),
+    # /api/show also takes the model under its legacy name, `name`.
+    (r"/api/show", model_route("/api/show", queued=False, fields=("model", "name"))),
+]

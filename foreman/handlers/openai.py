@@ -1,0 +1,61 @@
+"""Ollama's OpenAI-compatible API under /v1, with errors in OpenAI's shape.
+
+Streaming answers there are server-sent events; the relay passes each event
+on as the target produces it, `data: [DONE]` included.
+"""
+
+from __future__ import annotations
+
+import json
+
+from foreman.handlers.generation import ModelRouteHandler
+from foreman.handlers.relay import RelayHandler
+
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+}
+
+
+def openai_error(status: int, message: str) -> str:
+    error_type = _ERROR_TYPES.get(status, "api_error")
+    return json.dumps(
+        {"error": {"message": message, "type": error_type, "param": None, "code": None}},
+        separators=(",", ":"),
+    )
+
+
+class OpenAIErrors:
+    """Mixed into /v1 handlers: foreman's own errors as OpenAI clients expect them."""
+
+    def error_document(self, status: int, message: str) -> str:
+        return openai_error(status, message)
+
+
+class ModelsHandler(OpenAIErrors, RelayHandler):
+    """`GET /v1/models` and `GET /v1/models/{model}`: metadata, relayed as asked."""
+
+    async def get(self, model: str | None = None) -> None:
+        # The raw path keeps the client's own encoding of the model name.
+        await self.relay("GET", self.request.path, None)
+
+
+class OpenAIModelRouteHandler(OpenAIErrors, ModelRouteHandler):
+    """A /v1 generation route: the model in the body is validated, then queued."""
+
+
+def openai_route(path: str) -> type:
+    return type("OpenAIRoute" + path.replace("/", "_"), (OpenAIModelRouteHandler,), {"target_path": path})
+
+
+routes = [
+    (r"/v1/models", ModelsHandler),
+    (r"/v1/models/(.+)", ModelsHandler),
+    (r"/v1/chat/completions", openai_route("/v1/chat/completions")),
+    (r"/v1/completions", openai_route("/v1/completions")),
+    (r"/v1/embeddings", openai_route("/v1/embeddings")),
+]
