@@ -183,6 +183,8 @@ class Upstream:
 
 class _UpstreamRequest(HTTPRequest):
     upstream: Upstream | None = None
+    #: called with the status and headers once the response head is parsed
+    on_head: Callable[[int, str, httputil.HTTPHeaders], None] | None = None
 
 
 class _PooledConnection(_HTTPConnection):
@@ -204,6 +206,15 @@ class _PooledConnection(_HTTPConnection):
     async def headers_received(self, first_line, headers):  # type: ignore[no-untyped-def]
         self._version = first_line.version
         await super().headers_received(first_line, headers)
+        if first_line.code >= 200:
+            upstream = self._upstream()
+            if upstream is not None:
+                upstream.response_started = True
+            # Hands over Tornado's parsed head, where a header_callback would
+            # get it as text to parse again.
+            on_head = getattr(self.request.request, "on_head", None)  # type: ignore[attr-defined]
+            if on_head is not None:
+                on_head(first_line.code, first_line.reason, headers)
 
     def _on_end_request(self) -> None:
         # The response was read to its end: detach the handle first, so a
@@ -298,18 +309,12 @@ class TargetClient:
         headers = httputil.HTTPHeaders({"Accept": "application/json", "Connection": "keep-alive"})
         self._authorize(headers)
         upstream = Upstream()
-
-        def on_header_line(line: str) -> None:
-            if line == "\r\n":
-                upstream.response_started = True
-
         request = _UpstreamRequest(
             self.base_url + path,
             headers=headers,
             request_timeout=self._metadata_timeout,
             follow_redirects=False,
             decompress_response=True,
-            header_callback=on_header_line,
         )
         request.upstream = upstream
         try:
@@ -341,22 +346,10 @@ class TargetClient:
         # Without it Tornado asks the target to close after each response.
         outgoing["Connection"] = "keep-alive"
         self._authorize(outgoing)
-        status_line: list[httputil.ResponseStartLine] = []
-        response_headers: list[tuple[str, str]] = []
 
-        # Tornado hands the header block over line by line, then "\r\n".
-        def on_header_line(line: str) -> None:
-            line = line.rstrip("\r\n")
-            if not status_line:
-                status_line.append(httputil.parse_response_start_line(line))
-                return
-            if not line:
-                start = status_line[0]
-                upstream.response_started = True
-                sink.start(start.code, start.reason, _downstream_headers(response_headers))
-                return
-            name, _, value = line.partition(":")
-            response_headers.append((name.strip(), value.strip()))
+        def on_head(code: int, reason: str, response_headers: httputil.HTTPHeaders) -> None:
+            upstream.response_started = True
+            sink.start(code, reason, _downstream_headers(response_headers))
 
         request = _UpstreamRequest(
             self.base_url + path,
@@ -369,10 +362,10 @@ class TargetClient:
             follow_redirects=False,
             decompress_response=False,
             allow_nonstandard_methods=True,
-            header_callback=on_header_line,
             streaming_callback=sink.write,
         )
         request.upstream = upstream
+        request.on_head = on_head
         if upstream.closed:
             raise Cancelled("the client went away before the request was sent")
         try:
@@ -418,10 +411,10 @@ def _describe(error: BaseException) -> str:
     return str(error) or type(error).__name__
 
 
-def _downstream_headers(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    named = _connection_tokens(v for k, v in headers if k.lower() == "connection")
+def _downstream_headers(headers: httputil.HTTPHeaders) -> list[tuple[str, str]]:
+    named = _connection_tokens(headers.get_list("Connection"))
     return [
         (k, v)
-        for k, v in headers
+        for k, v in headers.get_all()
         if k.lower() not in _NOT_RELAYED_DOWNSTREAM and k.lower() not in named
     ]

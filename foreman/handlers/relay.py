@@ -39,6 +39,9 @@ class ClientSink:
 
     def __init__(self, handler: tornado.web.RequestHandler, on_start: Callable[[], None]) -> None:
         self._handler = handler
+        connection = handler.request.connection
+        assert connection is not None
+        self._connection = connection
         self._on_start = on_start
         self._held: list[bytes] | None = None
         self._held_size = 0
@@ -71,9 +74,13 @@ class ClientSink:
             if self._held_size <= _MAX_HELD_DOCUMENT:
                 return None
             chunk, self._held = b"".join(self._held), None
-        self._handler.write(chunk)
-        self.sent = True
         self.at_line_start = chunk.endswith(b"\n")
+        if self.sent:
+            # Status and headers are out and the handler's buffer is empty:
+            # this is what flush() would do, without its bookkeeping per chunk.
+            return self._connection.write(chunk)
+        self.sent = True
+        self._handler.write(chunk)
         return self._handler.flush()
 
     def finish(self) -> None:
