@@ -216,6 +216,18 @@ class _PooledConnection(_HTTPConnection):
             if on_head is not None:
                 on_head(first_line.code, first_line.reason, headers)
 
+    def data_received(self, chunk: bytes) -> Awaitable[None] | None:
+        # Called per chunk of every stream: skip the base class's redirect
+        # check (foreman never follows redirects) and its proxy lookups.
+        callback = self._streaming_callback
+        if callback is None:
+            callback = self._streaming_callback = self.request.streaming_callback
+        if callback is None:
+            return super().data_received(chunk)
+        return callback(chunk)  # type: ignore[no-any-return]
+
+    _streaming_callback: Callable[[bytes], Awaitable[None] | None] | None = None
+
     def _on_end_request(self) -> None:
         # The response was read to its end: detach the handle first, so a
         # client leaving now cannot close a connection another request holds.

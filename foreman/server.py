@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import resource
 import signal
@@ -102,6 +103,11 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
     try:
         foreman = Foreman(config)
         foreman.start()
+        # Everything built so far lives as long as the process: take it out
+        # of the collector's sight, so full collections under many streams
+        # (late chunks, when they run) stay short.
+        gc.collect()
+        gc.freeze()
         log.info(
             "foreman listening on %s, target %s", ", ".join(foreman.urls), config.target_display
         )
