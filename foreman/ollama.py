@@ -357,6 +357,9 @@ class TargetClient:
             outgoing["Content-Length"] = headers["Content-Length"]
         # Without it Tornado asks the target to close after each response.
         outgoing["Connection"] = "keep-alive"
+        if "Content-Type" not in outgoing and (body or body_producer):
+            # Tornado would label the body a form; say only that it is bytes.
+            outgoing["Content-Type"] = "application/octet-stream"
         self._authorize(outgoing)
 
         def on_head(code: int, reason: str, response_headers: httputil.HTTPHeaders) -> None:

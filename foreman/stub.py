@@ -244,8 +244,14 @@ def show_document(name: str) -> dict[str, Any]:
 # --- handlers -----------------------------------------------------------------
 
 
+@tornado.web.stream_request_body
 class _StubHandler(tornado.web.RequestHandler):
-    """Shared gate: record, Host check, bearer check, method check."""
+    """Shared gate: record, Host check, bearer check, method check.
+
+    Bodies are streamed in, so Tornado never parses one as a form the way
+    Ollama (Go) never does: `curl -d` labels JSON a form, and a prompt with
+    many '&' would otherwise be refused.
+    """
 
     methods: ClassVar[tuple[str, ...]] = ()
     open_methods: ClassVar[tuple[str, ...]] = ()  # methods that need no token
@@ -261,6 +267,8 @@ class _StubHandler(tornado.web.RequestHandler):
 
     def prepare(self) -> None:
         stub = self.stub
+        # Filled in by data_received; the recorded request shares the object.
+        self.request.body = bytearray()  # type: ignore[assignment]
         stub._record(self.request)
         if stub.check_host and not _is_local_host(self.request.headers.get("Host", "")):
             # Ollama's allowed-hosts middleware aborts with a bare 403.
@@ -276,6 +284,9 @@ class _StubHandler(tornado.web.RequestHandler):
         elif self.request.method not in self.methods:
             # Gin answers a method it has no route for with its plain 404.
             self.send_not_found()
+
+    def data_received(self, chunk: bytes) -> None:
+        self.request.body.extend(chunk)  # type: ignore[attr-defined]
 
     def _authorized(self, token: str) -> bool:
         scheme, _, given = self.request.headers.get("Authorization", "").partition(" ")

@@ -244,7 +244,7 @@ class _BlobHandler(_StubHandler):
         if got != key:
             self.send_json_error(400, f'digest mismatch, expected "{key}", got "{got}"')
             return
-        self.stub.blobs[key] = self.request.body
+        self.stub.blobs[key] = bytes(self.request.body)
         self.stub._notify()
         self.send_empty(201)
 

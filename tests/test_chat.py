@@ -360,3 +360,13 @@ async def test_two_hundred_streams_reach_the_target_at_once(start_foreman, stub)
     responses = await asyncio.gather(*fetches)
     assert [r.code for r in responses] == [200] * 200
     assert all(ndjson(r.body)[-1]["done"] is True for r in responses)
+
+
+async def test_json_body_sent_as_a_form_is_not_parsed_as_one(foreman, stub) -> None:
+    """curl -d labels JSON a form; a prompt with many '&' must still go through."""
+    await foreman.ready()
+    body = chat_body(messages=[{"role": "user", "content": "a&b=" * 3000}], stream=False)
+    response = await foreman.fetch(
+        "/api/chat", method="POST", body=body, headers={"Content-Type": "application/x-www-form-urlencoded"}
+    )
+    assert response.code == 200, response.body

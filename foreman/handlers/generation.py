@@ -35,14 +35,14 @@ class ModelRouteHandler(RelayHandler):
 
     async def post(self) -> None:
         try:
-            await self.check_model(json_object(self.request.body))
+            await self.check_model(json_object(self.body))
         except ForemanError as e:
             self.fail(e)
             return
         if self.queued:
-            await self.relay_queued("POST", self.target_path, self.request.body)
+            await self.relay_queued("POST", self.target_path, self.body)
         else:
-            await self.relay("POST", self.target_path, self.request.body)
+            await self.relay("POST", self.target_path, self.body)
 
     async def check_model(self, document: dict[str, object]) -> None:
         model = next((document[f] for f in self.model_fields if document.get(f)), None)

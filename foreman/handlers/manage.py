@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
-import tornado.web
-
 from foreman.handlers.base import ForemanError
 from foreman.handlers.relay import RelayHandler
 from foreman.ollama import BodyProducer
@@ -47,7 +45,7 @@ class ManageHandler(RelayHandler):
             self.inventory.refresh()
 
     async def post(self) -> None:
-        await self.relay_change(self.request.body)
+        await self.relay_change(self.body)
 
 
 class DeleteHandler(ManageHandler):
@@ -56,10 +54,9 @@ class DeleteHandler(ManageHandler):
     SUPPORTED_METHODS = ("DELETE",)  # type: ignore[assignment]
 
     async def delete(self) -> None:
-        await self.relay_change(self.request.body)
+        await self.relay_change(self.body)
 
 
-@tornado.web.stream_request_body
 class BlobHandler(ManageHandler):
     """`HEAD /api/blobs/{digest}` and `POST /api/blobs/{digest}`, the upload streamed through."""
 
