@@ -58,15 +58,18 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
     model = getattr(handler, "log_model", None)
     client = getattr(handler, "client_id", None) or None
     queue_wait = getattr(handler, "queue_wait", None)
-    if status >= 500:
+    if request.path == "/healthz":
+        # Probed every few seconds; its 503 reports the target, not a failure
+        # of the request (the poller logs that once, as a warning).
+        level = logging.DEBUG if status == 200 else logging.INFO
+    elif status >= 500:
         level = logging.ERROR
     elif status >= 400:
         level = logging.WARNING
-    elif request.path == "/healthz":
-        # Probed every few seconds by service managers: not worth a line each.
-        level = logging.DEBUG
     else:
         level = logging.INFO
+    if not access_log.isEnabledFor(level):
+        return
     details = "".join(
         f" {name}={value}"
         for name, value in (
