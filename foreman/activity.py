@@ -11,14 +11,18 @@ class Activity:
     def __init__(self) -> None:
         self.in_flight = 0
         self.draining = False
+        #: the handlers serving those requests, so a drain can end the stragglers
+        self.handlers: set[object] = set()
         self._idle = asyncio.Event()
         self._idle.set()
 
-    def begin(self) -> None:
+    def begin(self, handler: object) -> None:
         self.in_flight += 1
+        self.handlers.add(handler)
         self._idle.clear()
 
-    def end(self) -> None:
+    def end(self, handler: object) -> None:
+        self.handlers.discard(handler)
         self.in_flight -= 1
         if self.in_flight <= 0:
             self.in_flight = 0

@@ -13,6 +13,10 @@ class TokenSet:
     def __init__(self, tokens: Iterable[str]) -> None:
         self._tokens = tuple(t.encode() for t in tokens)
 
+    def replace(self, tokens: Iterable[str]) -> None:
+        """Accept these tokens from now on (SIGHUP re-reads the tokens files)."""
+        self._tokens = tuple(t.encode() for t in tokens)
+
     @property
     def enabled(self) -> bool:
         return bool(self._tokens)

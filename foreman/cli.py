@@ -76,9 +76,11 @@ def _load(
 def _run_serve(args: list[str]) -> None:
     from foreman.server import serve
 
-    settings = _load(serve_parser(), args)
+    parser = serve_parser()
+    settings = _load(parser, args)
     logs.configure(settings.log_format, settings.log_level)
-    _run(serve(settings))
+    namespace = parser.parse_args(args)
+    _run(serve(settings, reload=lambda: config.load(os.environ, namespace)))
 
 
 def _run_stub(args: list[str]) -> None:

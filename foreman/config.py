@@ -54,6 +54,8 @@ class Config:
     max_queue: int = 128
     queue_timeout: float = 600.0
     admin_tokens: tuple[str, ...] = ()
+    admin_tokens_file: str | None = None
+    metrics_public: bool = False
 
     @property
     def target_display(self) -> str:
@@ -77,7 +79,8 @@ class Config:
             f"log_format={self.log_format!r}, log_level={self.log_level!r}, "
             f"shutdown_grace={self.shutdown_grace!r}, concurrency={self.concurrency!r}, "
             f"max_queue={self.max_queue!r}, queue_timeout={self.queue_timeout!r}, "
-            f"admin_tokens=<{len(self.admin_tokens)} hidden>)"
+            f"admin_tokens=<{len(self.admin_tokens)} hidden>, "
+            f"admin_tokens_file={self.admin_tokens_file!r}, metrics_public={self.metrics_public!r})"
         )
 
 
@@ -212,6 +215,24 @@ SETTINGS: tuple[Setting, ...] = (
         "create, copy, delete, blobs); with none, model management is refused.",
         "TOKEN,...",
     ),
+    Setting(
+        "admin_tokens_file",
+        "FOREMAN_ADMIN_TOKENS_FILE",
+        "--admin-tokens-file",
+        None,
+        "File with one admin token per line (# comments allowed), combined with "
+        "FOREMAN_ADMIN_TOKENS; re-read, like FOREMAN_TOKENS_FILE, on SIGHUP.",
+        "PATH",
+    ),
+    Setting(
+        "metrics_public",
+        "FOREMAN_METRICS_PUBLIC",
+        "--metrics-public",
+        "0",
+        "1 serves /metrics without a token (for a Prometheus on a trusted "
+        "network); 0 protects it like the API.",
+        "{0,1}",
+    ),
 )
 
 _BY_FIELD: dict[str, Setting] = {s.field: s for s in SETTINGS}
@@ -269,6 +290,8 @@ def load(environ: Mapping[str, str], args: argparse.Namespace | None = None) -> 
     max_queue = _parse_count(*_required(pick("max_queue")), minimum=0)
     queue_timeout = _parse_duration_setting(*_required(pick("queue_timeout")), allow_zero=False)
     admin_tokens = _parse_tokens(*pick("admin_tokens"))
+    admin_tokens_file, admin_file_tokens = _read_tokens_file(*pick("admin_tokens_file"))
+    metrics_public = _parse_flag(*_required(pick("metrics_public")))
     return Config(
         ollama_url=ollama_url,
         ollama_token=ollama_token,
@@ -284,8 +307,21 @@ def load(environ: Mapping[str, str], args: argparse.Namespace | None = None) -> 
         concurrency=concurrency,
         max_queue=max_queue,
         queue_timeout=queue_timeout,
-        admin_tokens=tuple(dict.fromkeys(admin_tokens)),
+        admin_tokens=tuple(dict.fromkeys(admin_tokens + admin_file_tokens)),
+        admin_tokens_file=admin_tokens_file,
+        metrics_public=metrics_public,
     )
+
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+def _parse_flag(text: str, label: str) -> bool:
+    value = text.strip().lower()
+    if value in _TRUE | _FALSE:
+        return value in _TRUE
+    raise ConfigError(f"{label}={text!r} is not a yes/no value; use 1 or 0 (also true/false, yes/no, on/off)")
 
 
 # --- counts -----------------------------------------------------------------

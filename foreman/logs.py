@@ -51,7 +51,8 @@ def configure(log_format: str, level: str) -> None:
 
 
 def log_request(handler: tornado.web.RequestHandler) -> None:
-    """One line per request: method, path, status, duration, model, client, queue wait."""
+    """One line per request: method, path, status, duration, model, client, queue wait,
+    time to first byte, bytes relayed and the target's eval_count/eval_duration."""
     status = handler.get_status()
     request = handler.request
     duration_ms = 1000.0 * request.request_time()
@@ -70,14 +71,23 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
         level = logging.INFO
     if not access_log.isEnabledFor(level):
         return
+    started = request._start_time
+    first_byte_at = getattr(handler, "first_byte_at", None)
+    ttfb_ms = None if first_byte_at is None else round(1000.0 * (first_byte_at - started), 3)
+    sent = getattr(handler, "relayed_bytes", None)
+    eval_count = getattr(handler, "eval_count", None)
+    eval_duration = getattr(handler, "eval_duration", None)
     details = "".join(
         f" {name}={value}"
         for name, value in (
             ("model", model),
             ("client", client),
             ("wait", None if queue_wait is None else f"{queue_wait:.3f}s"),
+            ("ttfb", None if ttfb_ms is None else f"{ttfb_ms:.1f}ms"),
+            ("bytes", sent),
+            ("eval_count", eval_count),
         )
-        if value
+        if value is not None
     )
     access_log.log(
         level,
@@ -95,6 +105,10 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
             "model": model,
             "client": client,
             "queue_wait": None if queue_wait is None else round(queue_wait, 6),
+            "ttfb_ms": ttfb_ms,
+            "bytes": sent,
+            "eval_count": eval_count,
+            "eval_duration": eval_duration,
             "remote": request.remote_ip,
         },
     )

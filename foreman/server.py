@@ -8,20 +8,27 @@ import logging
 import resource
 import signal
 import socket
+from collections.abc import Callable
 
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
 from foreman.activity import Activity
-from foreman.app import make_app
-from foreman.config import Config
+from foreman.app import Collaborators, inbound_tokens, make_app
+from foreman.auth import TokenSet
+from foreman.config import Config, ConfigError
+from foreman.handlers.relay import RelayHandler
 from foreman.inventory import Inventory
+from foreman.metrics import Metrics
+from foreman.notify import notify
 from foreman.ollama import TargetClient
 from foreman.queue import FairQueue
 
 log = logging.getLogger("foreman.server")
 
 _LOOPBACK_HOSTS = {"127.0.0.1", "::1", "localhost"}
+# After the grace period, how long ended requests get to send their error.
+_STRAGGLER_GRACE = 2.0
 
 
 def raise_open_file_limit() -> None:
@@ -61,7 +68,15 @@ class Foreman:
         self.queue = FairQueue(config.concurrency, config.max_queue, config.queue_timeout)
         # A good poll proves the target is back: resume a paused queue at once.
         self.inventory.on_success(self.queue.reachable)
-        self.app = make_app(config, self.target, self.inventory, self.activity, self.queue)
+        self.tokens = TokenSet(inbound_tokens(config))
+        self.admins = TokenSet(config.admin_tokens)
+        self.metrics = Metrics(self.queue, self.inventory)
+        self.app = make_app(
+            Collaborators(
+                config, self.target, self.inventory, self.activity, self.queue,
+                self.tokens, self.admins, self.metrics,
+            )
+        )
         self.server = HTTPServer(self.app)
         self.urls: list[str] = []
         self.first_poll: asyncio.Future[bool] | None = None
@@ -81,27 +96,59 @@ class Foreman:
         self.urls = listening_urls(sockets)
         self.first_poll = self.inventory.start()
 
+    def reload_tokens(self, load: Callable[[], Config]) -> None:
+        """Re-read the tokens (files included); a bad file keeps the current ones."""
+        try:
+            fresh = load()
+        except ConfigError as e:
+            log.error("reload: keeping the current tokens: %s", e)
+            return
+        self.tokens.replace(inbound_tokens(fresh))
+        self.admins.replace(fresh.admin_tokens)
+        log.info(
+            "reload: %d client tokens, %d admin tokens",
+            len(fresh.tokens),
+            len(fresh.admin_tokens),
+        )
+
     async def drain(self, grace: float) -> None:
-        """Stop accepting, let in-flight requests finish for up to `grace` seconds, then close."""
+        """Stop accepting, let in-flight requests finish for up to `grace` seconds, then close.
+
+        Requests still running then are ended with an error a client can act
+        on (an in-band error line when their answer has begun), not cut off.
+        """
         self.server.stop()
         self.activity.draining = True
         self.queue.close()
         self.inventory.stop()
         if not await self.activity.wait_idle(grace):
-            log.warning("grace period over: closing %d requests still in flight", self.activity.in_flight)
+            log.warning("grace period over: ending %d requests still in flight", self.activity.in_flight)
+            for handler in list(self.activity.handlers):
+                if isinstance(handler, RelayHandler):
+                    handler.cut_for_shutdown()
+            await self.activity.wait_idle(_STRAGGLER_GRACE)
         await self.server.close_all_connections()
         self.target.close()
 
 
-async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
-    """Serve until SIGTERM or SIGINT (or `stop` is set), then drain and return."""
+async def serve(
+    config: Config, reload: Callable[[], Config] | None = None, stop: asyncio.Event | None = None
+) -> None:
+    """Serve until SIGTERM or SIGINT (or `stop` is set), then drain and return.
+
+    SIGHUP calls `reload` for fresh settings and takes the tokens from them.
+    """
     raise_open_file_limit()
     stop = stop or asyncio.Event()
     # Handlers first: a supervisor may send SIGTERM the moment it sees the
     # "listening" line, and that must drain, not kill, the process.
     signals = _install_signal_handlers(stop)
+    loop = asyncio.get_running_loop()
     try:
         foreman = Foreman(config)
+        if reload is not None:
+            loop.add_signal_handler(signal.SIGHUP, foreman.reload_tokens, reload)
+            signals.append(signal.SIGHUP)
         foreman.start()
         # Everything built so far lives as long as the process: take it out
         # of the collector's sight, so full collections under many streams
@@ -116,7 +163,11 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
                 "no FOREMAN_TOKENS set: anyone who can reach %s can use the target",
                 config.listen_host or "this machine",
             )
+        assert foreman.first_poll is not None
+        # Ready once listening and the target has been tried, reachable or not.
+        foreman.first_poll.add_done_callback(lambda _: notify("READY=1", "STATUS=serving"))
         await stop.wait()
+        notify("STOPPING=1")
         log.info(
             "shutting down: no new connections; waiting up to %gs for %d in-flight requests",
             config.shutdown_grace,
@@ -125,7 +176,7 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
         await foreman.drain(config.shutdown_grace)
     finally:
         for sig in signals:
-            asyncio.get_running_loop().remove_signal_handler(sig)
+            loop.remove_signal_handler(sig)
     log.info("foreman stopped")
 
 

@@ -24,6 +24,8 @@ ALL_VARIABLES = [
     "FOREMAN_MAX_QUEUE",
     "FOREMAN_QUEUE_TIMEOUT",
     "FOREMAN_ADMIN_TOKENS",
+    "FOREMAN_ADMIN_TOKENS_FILE",
+    "FOREMAN_METRICS_PUBLIC",
 ]
 
 
@@ -550,3 +552,15 @@ def test_admin_tokens_parsed_and_hidden():
     assert "root-1" not in repr(cfg)
     message = error_for({"FOREMAN_ADMIN_TOKENS": "bad token"})
     assert message.startswith("FOREMAN_ADMIN_TOKENS (value hidden)") and "bad token" not in message
+
+
+def test_admin_tokens_file_and_metrics_flag(tmp_path):
+    path = tmp_path / "admins"
+    path.write_text("# admins\nroot-file\n")
+    cfg = load({"FOREMAN_ADMIN_TOKENS": "root-env", "FOREMAN_ADMIN_TOKENS_FILE": str(path)})
+    assert cfg.admin_tokens == ("root-env", "root-file")
+    assert load({}).metrics_public is False
+    assert load({"FOREMAN_METRICS_PUBLIC": "1"}).metrics_public is True
+    assert load({"FOREMAN_METRICS_PUBLIC": "off"}).metrics_public is False
+    message = error_for({"FOREMAN_METRICS_PUBLIC": "maybe"})
+    assert message.startswith("FOREMAN_METRICS_PUBLIC='maybe' ")

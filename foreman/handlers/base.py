@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Awaitable
 from typing import Any
 
@@ -13,6 +14,7 @@ from foreman.activity import Activity
 from foreman.auth import TokenSet, client_identity
 from foreman.config import Config
 from foreman.inventory import Inventory
+from foreman.metrics import Metrics
 from foreman.ollama import (
     Target,
     TargetError,
@@ -71,6 +73,8 @@ class BaseHandler(tornado.web.RequestHandler):
         tokens: TokenSet,
         admins: TokenSet,
         queue: FairQueue,
+        metrics: Metrics,
+        route: str,
     ) -> None:
         self.config = config
         self.target = target
@@ -79,6 +83,15 @@ class BaseHandler(tornado.web.RequestHandler):
         self.tokens = tokens
         self.admins = admins
         self.queue = queue
+        self.metrics = metrics
+        self.route = route
+        #: when the first byte of the answer went out (relays), for the log and metrics
+        self.first_byte_at: float | None = None
+        #: bytes of a relayed answer passed to the client
+        self.relayed_bytes: int | None = None
+        #: the target's eval_count / eval_duration from a final chunk, if any
+        self.eval_count: int | None = None
+        self.eval_duration: int | None = None
         #: the model a request named, for the request log
         self.log_model: str | None = None
         #: seconds the request waited in the queue, for the log and X-Foreman-Queue-Wait
@@ -96,7 +109,7 @@ class BaseHandler(tornado.web.RequestHandler):
         return None
 
     async def prepare(self) -> None:
-        self.activity.begin()
+        self.activity.begin(self)
         self._counted = True
         if self.activity.draining:
             self.set_header("Connection", "close")
@@ -127,7 +140,15 @@ class BaseHandler(tornado.web.RequestHandler):
     def on_finish(self) -> None:
         if self._counted:
             self._counted = False
-            self.activity.end()
+            self.activity.end(self)
+        metrics = self.metrics
+        metrics.requests.labels(self.route, str(self.get_status())).inc()
+        first_byte = self.first_byte_at or time.time()
+        metrics.time_to_first_byte.labels(self.route).observe(first_byte - self.request._start_time)
+        if self.queue_wait is not None:
+            metrics.queue_wait.observe(self.queue_wait)
+        if self.eval_count:
+            metrics.generated_tokens.inc(self.eval_count)
 
     def fail(self, error: ForemanError) -> None:
         """Answer with Ollama's error shape and finish."""

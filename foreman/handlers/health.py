@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime
 
+from prometheus_client import CONTENT_TYPE_LATEST
+
 from foreman.handlers.base import BaseHandler
 
 
@@ -34,4 +36,21 @@ class HealthHandler(BaseHandler):
         )
 
 
-routes = [(r"/healthz", HealthHandler)]
+
+
+class MetricsHandler(BaseHandler):
+    """Prometheus metrics; behind the API's auth unless FOREMAN_METRICS_PUBLIC=1."""
+
+    @property
+    def requires_auth(self) -> bool:  # type: ignore[override]
+        return not self.config.metrics_public
+
+    def get(self) -> None:
+        self.set_header("Content-Type", CONTENT_TYPE_LATEST)
+        self.finish(self.metrics.exposition())
+
+
+routes: list[tuple[str, type[BaseHandler]]] = [
+    (r"/healthz", HealthHandler),
+    (r"/metrics", MetricsHandler),
+]

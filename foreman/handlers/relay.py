@@ -9,10 +9,9 @@ the client goes away, the target connection is closed at once.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
-
-import tornado.web
 
 from foreman.handlers.base import BaseHandler, ForemanError, target_failure
 from foreman.ollama import (
@@ -32,12 +31,16 @@ log = logging.getLogger("foreman.relay")
 _WHOLE_DOCUMENT_TYPES = frozenset({"application/json"})
 # Larger whole documents than this are relayed as they come instead.
 _MAX_HELD_DOCUMENT = 64 << 20
+# Enough of the end of an answer to hold its final chunk's statistics.
+_TAIL = 2048
+_EVAL_COUNT = re.compile(rb'"eval_count":\s*(\d+)')
+_EVAL_DURATION = re.compile(rb'"eval_duration":\s*(\d+)')
 
 
 class ClientSink:
     """The `Sink` that writes a target's answer to one client."""
 
-    def __init__(self, handler: tornado.web.RequestHandler, on_start: Callable[[], None]) -> None:
+    def __init__(self, handler: RelayHandler, on_start: Callable[[], None]) -> None:
         self._handler = handler
         connection = handler.request.connection
         assert connection is not None
@@ -51,6 +54,9 @@ class ClientSink:
         self.at_line_start = True
         #: the answer's media type, e.g. "application/x-ndjson"
         self.media_type = ""
+        self._sent_bytes = 0
+        # The last two pieces that went out: a final chunk's stats are read from them.
+        self._before_last = self._last = b""
 
     def start(self, status: int, reason: str, headers: list[tuple[str, str]]) -> None:
         self._on_start()
@@ -75,18 +81,33 @@ class ClientSink:
                 return None
             chunk, self._held = b"".join(self._held), None
         self.at_line_start = chunk.endswith(b"\n")
+        self._sent_bytes += len(chunk)
+        self._before_last, self._last = self._last, chunk
         if self.sent:
             # Status and headers are out and the handler's buffer is empty:
             # this is what flush() would do, without its bookkeeping per chunk.
             return self._connection.write(chunk)
         self.sent = True
+        self._handler.first_byte_at = time.time()
         self._handler.write(chunk)
         return self._handler.flush()
 
     def finish(self) -> None:
+        handler = self._handler
         if self._held:
-            self._handler.write(b"".join(self._held))
-        self._handler.finish()
+            document = b"".join(self._held)
+            self._sent_bytes += len(document)
+            self._before_last, self._last = b"", document
+            handler.write(document)
+        handler.relayed_bytes = self._sent_bytes
+        # Only a final chunk carries these; read them without parsing JSON.
+        tail = (self._before_last + self._last)[-_TAIL:]
+        count, duration = _EVAL_COUNT.search(tail), _EVAL_DURATION.search(tail)
+        if count:
+            handler.eval_count = int(count.group(1))
+        if duration:
+            handler.eval_duration = int(duration.group(1))
+        handler.finish()
 
 
 class RelayHandler(BaseHandler):
@@ -95,6 +116,13 @@ class RelayHandler(BaseHandler):
     _upstream: Upstream | None = None
     _ticket: Ticket | None = None
     _client_gone = False
+    _cut_by_shutdown = False
+
+    def cut_for_shutdown(self) -> None:
+        """The drain's grace period is over: end this answer with a clear error."""
+        self._cut_by_shutdown = True
+        if self._upstream is not None:
+            self._upstream.close()
 
     def on_connection_close(self) -> None:
         self._client_gone = True
@@ -163,8 +191,14 @@ class RelayHandler(BaseHandler):
             await self.target.relay(
                 method, path, body, self.request.headers, sink, upstream, body_producer
             )
-        except Cancelled:
-            log.debug("client left %s %s; target request closed", method, path)
+        except Cancelled as e:
+            if self._cut_by_shutdown:
+                self._answer_failure(
+                    TargetError("foreman is shutting down; the answer was cut off, retry shortly"),
+                    sink, method, path, status=503,
+                )
+            else:
+                log.debug("client left %s %s; target request closed: %s", method, path, e)
             return None
         except TargetUnreachable as e:
             if retry_unreachable and not self._client_gone:
@@ -182,18 +216,22 @@ class RelayHandler(BaseHandler):
             sink.finish()
         return None
 
-    def _answer_failure(self, error: TargetError, sink: ClientSink, method: str, path: str) -> None:
+    def _answer_failure(
+        self, error: TargetError, sink: ClientSink, method: str, path: str, status: int = 502
+    ) -> None:
         if self._client_gone or self._connection_closed():
             return
         if sink.sent:
             # Status and headers are on the wire; all that is left is to say
             # what happened in the stream itself, as Ollama does.
             log.warning("%s %s broke off mid-stream: %s", method, path, error)
-            document = self.error_document(502, str(error))
+            document = self.error_document(status, str(error))
             if sink.media_type == "text/event-stream":
                 line = f"data: {document}\n\n"
             else:
                 line = document + "\n"
             self.finish(line if sink.at_line_start else "\n" + line)
+        elif status == 503:
+            self.fail(ForemanError(503, str(error), {"Retry-After": "1"}))
         else:
             self.fail(target_failure(error))

@@ -1,0 +1,72 @@
+"""Prometheus metrics for one foreman, in its own registry.
+
+prometheus-client does the exposition format and the histogram buckets; a
+registry per foreman (not the library's global one) keeps several foremen
+in one process (the tests) apart. Gauges that mirror state elsewhere (queue,
+target, inventory) are read when scraped, so nothing on the hot path keeps
+them current.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+from foreman.inventory import Inventory
+from foreman.queue import FairQueue
+
+# Waits and first bytes range from instant to minutes (a model loading).
+_WAIT_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+
+
+class Metrics:
+    def __init__(self, queue: FairQueue, inventory: Inventory) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "foreman_requests",
+            "Requests answered, by route and status.",
+            ["route", "status"],
+            registry=self.registry,
+        )
+        self.queue_wait = Histogram(
+            "foreman_queue_wait_seconds",
+            "Time requests waited in the queue for their turn.",
+            buckets=_WAIT_BUCKETS,
+            registry=self.registry,
+        )
+        self.time_to_first_byte = Histogram(
+            "foreman_time_to_first_byte_seconds",
+            "Time from a request's arrival to the first byte of its answer, by route.",
+            ["route"],
+            buckets=_WAIT_BUCKETS,
+            registry=self.registry,
+        )
+        self.generated_tokens = Counter(
+            "foreman_generated_tokens",
+            "Tokens the target reports having generated (eval_count of final chunks).",
+            registry=self.registry,
+        )
+        gauges = {
+            "foreman_queue_waiting": ("Requests waiting for a turn.", lambda: queue.waiting),
+            "foreman_queue_in_flight": ("Requests at the target now.", lambda: queue.in_flight),
+            "foreman_queue_concurrency": ("Requests allowed at the target at once.", lambda: queue.concurrency),
+            "foreman_target_up": (
+                "1 while the last poll of the target succeeded, else 0.",
+                lambda: 0 if inventory.degraded else 1,
+            ),
+            "foreman_inventory_models": ("Models in the inventory.", lambda: inventory.model_count),
+            "foreman_last_successful_poll_timestamp_seconds": (
+                "Unix time of the last successful poll of the target (0: never).",
+                lambda: inventory.last_poll.timestamp() if inventory.last_poll else 0,
+            ),
+        }
+        for name, (documentation, read) in gauges.items():
+            Gauge(name, documentation, registry=self.registry).set_function(read)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
