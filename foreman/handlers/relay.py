@@ -54,7 +54,8 @@ class ClientSink:
         self.at_line_start = True
         #: the answer's media type, e.g. "application/x-ndjson"
         self.media_type = ""
-        self._sent_bytes = 0
+        #: bytes of the answer passed to the client so far
+        self.sent_bytes = 0
         # The last two pieces that went out: a final chunk's stats are read from them.
         self._before_last = self._last = b""
 
@@ -81,7 +82,7 @@ class ClientSink:
                 return None
             chunk, self._held = b"".join(self._held), None
         self.at_line_start = chunk.endswith(b"\n")
-        self._sent_bytes += len(chunk)
+        self.sent_bytes += len(chunk)
         self._before_last, self._last = self._last, chunk
         if self.sent:
             # Status and headers are out and the handler's buffer is empty:
@@ -96,10 +97,10 @@ class ClientSink:
         handler = self._handler
         if self._held:
             document = b"".join(self._held)
-            self._sent_bytes += len(document)
+            self.sent_bytes += len(document)
             self._before_last, self._last = b"", document
             handler.write(document)
-        handler.relayed_bytes = self._sent_bytes
+        handler.relayed_bytes = self.sent_bytes
         # Only a final chunk carries these; read them without parsing JSON.
         tail = (self._before_last + self._last)[-_TAIL:]
         count, duration = _EVAL_COUNT.search(tail), _EVAL_DURATION.search(tail)
@@ -219,6 +220,7 @@ class RelayHandler(BaseHandler):
     def _answer_failure(
         self, error: TargetError, sink: ClientSink, method: str, path: str, status: int = 502
     ) -> None:
+        self.relayed_bytes = sink.sent_bytes
         if self._client_gone or self._connection_closed():
             return
         if sink.sent:
