@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import tornado.web
 
 from foreman.activity import Activity
-from foreman.auth import TokenSet
+from foreman.auth import FailedAuthLog, TokenSet
 from foreman.config import Config
 from foreman.handlers import NotFoundHandler, routes
 from foreman.inventory import Inventory
@@ -34,6 +34,7 @@ class Collaborators:
     tokens: TokenSet
     admins: TokenSet
     metrics: Metrics
+    auth_failures: FailedAuthLog
 
 
 def make_app(parts: Collaborators) -> tornado.web.Application:

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Iterable
+import logging
+import time
+from collections.abc import Callable, Iterable
+
+log = logging.getLogger("foreman.auth")
 
 
 class TokenSet:
@@ -45,3 +49,31 @@ def client_identity(authorization: str | None, remote_ip: str | None, auth_enabl
         credential = (authorization or "").strip().partition(" ")[2].strip()
         return "token:" + hashlib.sha256(credential.encode()).hexdigest()[:12]
     return remote_ip or "unknown"
+
+
+class FailedAuthLog:
+    """Logs refused tokens once per address and interval, not once per request.
+
+    A scanner or a client with a stale token would otherwise fill the log.
+    """
+
+    def __init__(self, interval: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._interval = interval
+        self._clock = clock
+        # address -> (start of its current interval, failures in it)
+        self._seen: dict[str, tuple[float, int]] = {}
+
+    def note(self, address: str) -> None:
+        now = self._clock()
+        started, count = self._seen.get(address, (now - self._interval, 0))
+        if now - started < self._interval:
+            self._seen[address] = (started, count + 1)
+            return
+        if count:
+            log.warning("%d more requests with a missing or wrong token from %s", count, address)
+        else:
+            log.warning("request with a missing or wrong token from %s", address)
+        self._seen[address] = (now, 0)
+        if len(self._seen) > 10_000:
+            # Bound the memory a scan from many addresses can take.
+            self._seen = {a: v for a, v in self._seen.items() if now - v[0] < self._interval}

@@ -56,6 +56,9 @@ class Config:
     admin_tokens: tuple[str, ...] = ()
     admin_tokens_file: str | None = None
     metrics_public: bool = False
+    max_body: int = 64 << 20
+    client_timeout: float = 60.0
+    target_idle_timeout: float = 600.0
 
     @property
     def target_display(self) -> str:
@@ -80,7 +83,9 @@ class Config:
             f"shutdown_grace={self.shutdown_grace!r}, concurrency={self.concurrency!r}, "
             f"max_queue={self.max_queue!r}, queue_timeout={self.queue_timeout!r}, "
             f"admin_tokens=<{len(self.admin_tokens)} hidden>, "
-            f"admin_tokens_file={self.admin_tokens_file!r}, metrics_public={self.metrics_public!r})"
+            f"admin_tokens_file={self.admin_tokens_file!r}, metrics_public={self.metrics_public!r}, "
+            f"max_body={self.max_body!r}, client_timeout={self.client_timeout!r}, "
+            f"target_idle_timeout={self.target_idle_timeout!r})"
         )
 
 
@@ -233,6 +238,35 @@ SETTINGS: tuple[Setting, ...] = (
         "network); 0 protects it like the API.",
         "{0,1}",
     ),
+    Setting(
+        "max_body",
+        "FOREMAN_MAX_BODY",
+        "--max-body",
+        "64MiB",
+        "Largest request body accepted (images in chat bodies are base64); "
+        "larger gets 413. Sizes like 512KB, 64MiB, 1GB or bare bytes.",
+        "SIZE",
+    ),
+    Setting(
+        "client_timeout",
+        "FOREMAN_CLIENT_TIMEOUT",
+        "--client-timeout",
+        "60s",
+        "Longest foreman waits on a client: for its request head or body to "
+        "arrive, between requests on a kept-alive connection, and for it to "
+        "take a piece of an answer; then the connection is closed.",
+        "DURATION",
+    ),
+    Setting(
+        "target_idle_timeout",
+        "FOREMAN_TARGET_IDLE_TIMEOUT",
+        "--target-idle-timeout",
+        "10m",
+        "Longest silence accepted from the Ollama server before and during an "
+        "answer (a model load can take minutes); then 504, or an error line "
+        "in a stream that has begun.",
+        "DURATION",
+    ),
 )
 
 _BY_FIELD: dict[str, Setting] = {s.field: s for s in SETTINGS}
@@ -292,6 +326,11 @@ def load(environ: Mapping[str, str], args: argparse.Namespace | None = None) -> 
     admin_tokens = _parse_tokens(*pick("admin_tokens"))
     admin_tokens_file, admin_file_tokens = _read_tokens_file(*pick("admin_tokens_file"))
     metrics_public = _parse_flag(*_required(pick("metrics_public")))
+    max_body = _parse_size_setting(*_required(pick("max_body")))
+    client_timeout = _parse_duration_setting(*_required(pick("client_timeout")), allow_zero=False)
+    target_idle_timeout = _parse_duration_setting(
+        *_required(pick("target_idle_timeout")), allow_zero=False
+    )
     return Config(
         ollama_url=ollama_url,
         ollama_token=ollama_token,
@@ -310,7 +349,41 @@ def load(environ: Mapping[str, str], args: argparse.Namespace | None = None) -> 
         admin_tokens=tuple(dict.fromkeys(admin_tokens + admin_file_tokens)),
         admin_tokens_file=admin_tokens_file,
         metrics_public=metrics_public,
+        max_body=max_body,
+        client_timeout=client_timeout,
+        target_idle_timeout=target_idle_timeout,
     )
+
+
+# --- sizes ------------------------------------------------------------------
+
+_SIZE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)")
+_SIZE_UNITS = {
+    "": 1, "b": 1,
+    "kb": 1000, "mb": 1000**2, "gb": 1000**3,
+    "kib": 1024, "mib": 1024**2, "gib": 1024**3,
+}
+
+
+def parse_size(text: str) -> int:
+    """Bytes in "512KB", "64MiB", "1GB", "1.5GiB" or bare "1048576"; raises ValueError."""
+    match = _SIZE.fullmatch(text.strip())
+    unit = match.group(2).lower() if match else ""
+    if match is None or unit not in _SIZE_UNITS:
+        raise ValueError(f"not a size: {text!r}")
+    return int(float(match.group(1)) * _SIZE_UNITS[unit])
+
+
+def _parse_size_setting(text: str, label: str) -> int:
+    try:
+        size = parse_size(text)
+    except ValueError:
+        size = 0
+    if size <= 0:
+        raise ConfigError(
+            f"{label}={text!r} is not a size; use e.g. 512KB, 64MiB, 1GB or bare bytes (more than 0)"
+        )
+    return size
 
 
 _TRUE = frozenset({"1", "true", "yes", "on"})

@@ -63,6 +63,9 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
         # Probed every few seconds; its 503 reports the target, not a failure
         # of the request (the poller logs that once, as a warning).
         level = logging.DEBUG if status == 200 else logging.INFO
+    elif status == 401:
+        # Refused tokens are logged, rate-limited, by foreman.auth.
+        level = logging.DEBUG
     elif status >= 500:
         level = logging.ERROR
     elif status >= 400:

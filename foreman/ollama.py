@@ -23,6 +23,7 @@ import asyncio
 import json
 import socket
 import ssl
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
@@ -63,6 +64,8 @@ _NOT_FORWARDED_UPSTREAM = HOP_BY_HOP | {"host", "authorization", "content-length
 _NOT_RELAYED_DOWNSTREAM = HOP_BY_HOP | {"content-length"}
 
 CONNECT_TIMEOUT = 10.0
+# A model load can take minutes before the first byte.
+DEFAULT_IDLE_TIMEOUT = 600.0
 METADATA_TIMEOUT = 30.0
 # One HTTP client per process; the queue (when there is one) bounds how many
 # requests reach it, so this only has to be larger than any sane load.
@@ -144,6 +147,10 @@ class Upstream:
         self.head_received = False
         #: the target's status and headers were parsed and passed on
         self.response_started = False
+        #: time.monotonic() of the last sign of life from the target
+        self.last_heard = time.monotonic()
+        #: the target fell silent for longer than allowed and was cut off
+        self.went_silent = False
         self._stream: IOStream | None = None
 
     def attach(self, stream: IOStream) -> None:
@@ -170,6 +177,13 @@ class Upstream:
 
     def close(self) -> None:
         self.closed = True
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
+
+    def cut_off_silent_target(self) -> None:
+        """Close the connection because the target stopped sending (not the client's doing)."""
+        self.went_silent = True
         if self._stream is not None:
             self._stream.close()
             self._stream = None
@@ -206,8 +220,10 @@ class _PooledConnection(_HTTPConnection):
     async def headers_received(self, first_line, headers):  # type: ignore[no-untyped-def]
         self._version = first_line.version
         await super().headers_received(first_line, headers)
+        upstream = self._upstream()
+        if upstream is not None:
+            upstream.last_heard = time.monotonic()
         if first_line.code >= 200:
-            upstream = self._upstream()
             if upstream is not None:
                 upstream.response_started = True
             # Hands over Tornado's parsed head, where a header_callback would
@@ -222,11 +238,15 @@ class _PooledConnection(_HTTPConnection):
         callback = self._streaming_callback
         if callback is None:
             callback = self._streaming_callback = self.request.streaming_callback
+            self._heard = self._upstream()
+        if self._heard is not None:
+            self._heard.last_heard = time.monotonic()
         if callback is None:
             return super().data_received(chunk)
         return callback(chunk)  # type: ignore[no-any-return]
 
     _streaming_callback: Callable[[bytes], Awaitable[None] | None] | None = None
+    _heard: Upstream | None = None
 
     def _on_end_request(self) -> None:
         # The response was read to its end: detach the handle first, so a
@@ -293,6 +313,34 @@ def _connection_tokens(values: Iterable[str]) -> set[str]:
     return {t.strip().lower() for v in values for t in v.split(",") if t.strip()}
 
 
+class _SilenceWatch:
+    """Cuts a relayed request off when the target falls silent for too long.
+
+    Chunks only stamp `Upstream.last_heard`; the timer looks at the stamp
+    when it fires and sleeps again for the rest, so a busy stream costs no
+    timer per chunk.
+    """
+
+    def __init__(self, upstream: Upstream, timeout: float) -> None:
+        self._upstream = upstream
+        self._timeout = timeout
+        self._loop = asyncio.get_running_loop()
+        self._timer: asyncio.TimerHandle | None = self._loop.call_later(timeout, self._check)
+
+    def _check(self) -> None:
+        silent_for = time.monotonic() - self._upstream.last_heard
+        if silent_for >= self._timeout:
+            self._timer = None
+            self._upstream.cut_off_silent_target()
+        else:
+            self._timer = self._loop.call_later(self._timeout - silent_for, self._check)
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
 class TargetClient:
     """The `Target` over HTTP, with one shared client for the whole process."""
 
@@ -302,11 +350,13 @@ class TargetClient:
         token: str | None,
         display_url: str,
         metadata_timeout: float = METADATA_TIMEOUT,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.display_url = display_url
         self._token = token
         self._metadata_timeout = metadata_timeout
+        self._idle_timeout = idle_timeout
         self._http = _Client(
             force_instance=True,
             max_clients=MAX_CONNECTIONS,
@@ -383,13 +433,20 @@ class TargetClient:
         request.on_head = on_head
         if upstream.closed:
             raise Cancelled("the client went away before the request was sent")
+        watchdog = _SilenceWatch(upstream, self._idle_timeout)
         try:
             await self._http.fetch(request, raise_error=False)
         except Exception as e:
             if upstream.closed:
                 raise Cancelled("the client went away") from e
+            if upstream.went_silent:
+                raise TargetTimeout(
+                    f"the target {self.display_url} sent nothing for {self._idle_timeout:g}s"
+                    " (FOREMAN_TARGET_IDLE_TIMEOUT)"
+                ) from e
             raise self._classify(e, upstream) from e
         finally:
+            watchdog.stop()
             upstream.detach()
 
     def _authorize(self, headers: httputil.HTTPHeaders) -> None:

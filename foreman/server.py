@@ -15,7 +15,7 @@ from tornado.netutil import bind_sockets
 
 from foreman.activity import Activity
 from foreman.app import Collaborators, inbound_tokens, make_app
-from foreman.auth import TokenSet
+from foreman.auth import FailedAuthLog, TokenSet
 from foreman.config import Config, ConfigError
 from foreman.handlers.relay import RelayHandler
 from foreman.inventory import Inventory
@@ -27,6 +27,8 @@ from foreman.queue import FairQueue
 log = logging.getLogger("foreman.server")
 
 _LOOPBACK_HOSTS = {"127.0.0.1", "::1", "localhost"}
+# Ollama's clients send a few hundred bytes of headers; this is generous.
+MAX_HEADER_SIZE = 64 << 10
 # After the grace period, how long ended requests get to send their error.
 _STRAGGLER_GRACE = 2.0
 
@@ -62,7 +64,12 @@ class Foreman:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.target = TargetClient(config.ollama_url, config.ollama_token, config.target_display)
+        self.target = TargetClient(
+            config.ollama_url,
+            config.ollama_token,
+            config.target_display,
+            idle_timeout=config.target_idle_timeout,
+        )
         self.inventory = Inventory(self.target, config.poll_interval)
         self.activity = Activity()
         self.queue = FairQueue(config.concurrency, config.max_queue, config.queue_timeout)
@@ -74,10 +81,17 @@ class Foreman:
         self.app = make_app(
             Collaborators(
                 config, self.target, self.inventory, self.activity, self.queue,
-                self.tokens, self.admins, self.metrics,
+                self.tokens, self.admins, self.metrics, FailedAuthLog(),
             )
         )
-        self.server = HTTPServer(self.app)
+        self.server = HTTPServer(
+            self.app,
+            # Tornado waits an hour for a request head and forever for a body:
+            # a client that stalls would hold a connection (and memory) that long.
+            idle_connection_timeout=config.client_timeout,
+            body_timeout=config.client_timeout,
+            max_header_size=MAX_HEADER_SIZE,
+        )
         self.urls: list[str] = []
         self.first_poll: asyncio.Future[bool] | None = None
 

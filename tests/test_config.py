@@ -26,6 +26,9 @@ ALL_VARIABLES = [
     "FOREMAN_ADMIN_TOKENS",
     "FOREMAN_ADMIN_TOKENS_FILE",
     "FOREMAN_METRICS_PUBLIC",
+    "FOREMAN_MAX_BODY",
+    "FOREMAN_CLIENT_TIMEOUT",
+    "FOREMAN_TARGET_IDLE_TIMEOUT",
 ]
 
 
@@ -564,3 +567,22 @@ def test_admin_tokens_file_and_metrics_flag(tmp_path):
     assert load({"FOREMAN_METRICS_PUBLIC": "off"}).metrics_public is False
     message = error_for({"FOREMAN_METRICS_PUBLIC": "maybe"})
     assert message.startswith("FOREMAN_METRICS_PUBLIC='maybe' ")
+
+
+@pytest.mark.parametrize(
+    "text, size",
+    [("64MiB", 64 << 20), ("1GB", 10**9), ("512KB", 512_000), ("1048576", 1 << 20), ("1.5GiB", 3 << 29), ("10 kib", 10240)],
+)
+def test_sizes(text, size):
+    assert config.parse_size(text) == size
+    assert load({"FOREMAN_MAX_BODY": text}).max_body == size
+
+
+@pytest.mark.parametrize("text", ["lots", "-1MB", "0", "12XB", "MB"])
+def test_bad_sizes_name_the_variable(text):
+    assert error_for({"FOREMAN_MAX_BODY": text}).startswith(f"FOREMAN_MAX_BODY={text!r} is not a size")
+
+
+def test_limit_defaults():
+    cfg = load({})
+    assert (cfg.max_body, cfg.client_timeout, cfg.target_idle_timeout) == (64 << 20, 60.0, 600.0)

@@ -11,7 +11,7 @@ import tornado.web
 from tornado import httputil
 
 from foreman.activity import Activity
-from foreman.auth import TokenSet, client_identity
+from foreman.auth import FailedAuthLog, TokenSet, client_identity
 from foreman.config import Config
 from foreman.inventory import Inventory
 from foreman.metrics import Metrics
@@ -74,6 +74,7 @@ class BaseHandler(tornado.web.RequestHandler):
         admins: TokenSet,
         queue: FairQueue,
         metrics: Metrics,
+        auth_failures: FailedAuthLog,
         route: str,
     ) -> None:
         self.config = config
@@ -84,6 +85,7 @@ class BaseHandler(tornado.web.RequestHandler):
         self.admins = admins
         self.queue = queue
         self.metrics = metrics
+        self.auth_failures = auth_failures
         self.route = route
         #: when the first byte of the answer went out (relays), for the log and metrics
         self.first_byte_at: float | None = None
@@ -117,6 +119,9 @@ class BaseHandler(tornado.web.RequestHandler):
             return
         authorization = self.request.headers.get("Authorization")
         if self.requires_auth and not self.tokens.accepts(authorization):
+            # One answer whatever was wrong with the token, and one log line
+            # per address and minute, not one per guess.
+            self.auth_failures.note(self.request.remote_ip or "unknown")
             self.fail(
                 ForemanError(
                     401, "missing or invalid bearer token", {"WWW-Authenticate": "Bearer"}
@@ -124,6 +129,18 @@ class BaseHandler(tornado.web.RequestHandler):
             )
             return
         self.client_id = client_identity(authorization, self.request.remote_ip, self.tokens.enabled)
+        limit = self.body_limit()
+        declared = self.request.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > limit:
+            self.set_header("Connection", "close")
+            self.fail(ForemanError(413, f"request body is larger than {limit} bytes (FOREMAN_MAX_BODY)"))
+            return
+        # A chunked body that grows past the limit is cut off by Tornado.
+        self.request.connection.set_max_body_size(limit)  # type: ignore[union-attr]
+
+    def body_limit(self) -> int:
+        """The largest request body this route takes."""
+        return self.config.max_body
 
     def data_received(self, chunk: bytes) -> Awaitable[None] | None:
         if not self._finished:  # a refused request's body is read and dropped

@@ -17,6 +17,7 @@ from foreman.ollama import BodyProducer
 
 # Model files are gigabytes; a blob upload is streamed, never held in memory.
 MAX_BLOB_SIZE = 1 << 40
+UPLOAD_TIMEOUT = 24 * 3600.0
 # Chunks of an upload that may wait for the target to take them.
 _UPLOAD_BACKLOG = 16
 
@@ -65,11 +66,16 @@ class BlobHandler(ManageHandler):
     _upload: asyncio.Queue[bytes | None] | None = None
     _sending: asyncio.Future[None] | None = None
 
+    def body_limit(self) -> int:
+        return MAX_BLOB_SIZE
+
     async def prepare(self) -> None:
         await super().prepare()
         if self._finished or self.request.method != "POST":
             return
-        self.request.connection.set_max_body_size(MAX_BLOB_SIZE)  # type: ignore[union-attr]
+        # A model file takes longer than FOREMAN_CLIENT_TIMEOUT to upload;
+        # the target's own pace (backpressure) bounds it instead.
+        self.request.connection.set_body_timeout(UPLOAD_TIMEOUT)  # type: ignore[union-attr]
         self._upload = asyncio.Queue(_UPLOAD_BACKLOG)
         self._sending = asyncio.ensure_future(self.relay_change(None, self._produce))
 

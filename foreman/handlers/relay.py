@@ -8,6 +8,7 @@ the client goes away, the target connection is closed at once.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -87,11 +88,29 @@ class ClientSink:
         if self.sent:
             # Status and headers are out and the handler's buffer is empty:
             # this is what flush() would do, without its bookkeeping per chunk.
-            return self._connection.write(chunk)
-        self.sent = True
-        self._handler.first_byte_at = time.time()
-        self._handler.write(chunk)
-        return self._handler.flush()
+            written = self._connection.write(chunk)
+        else:
+            self.sent = True
+            self._handler.first_byte_at = time.time()
+            self._handler.write(chunk)
+            written = self._handler.flush()
+        if written.done():
+            return written
+        return self._within_deadline(written)
+
+    async def _within_deadline(self, written: Awaitable[None]) -> None:
+        # The client is not taking what it asked for. Waiting slows the target
+        # (backpressure), but not forever: past the deadline the client is
+        # dropped, which closes the target request too.
+        try:
+            await asyncio.wait_for(asyncio.shield(written), self._handler.config.client_timeout)
+        except TimeoutError:
+            log.warning(
+                "client %s took nothing for %gs; dropping it",
+                self._handler.client_id, self._handler.config.client_timeout,
+            )
+            self._connection.close()  # type: ignore[attr-defined]
+            raise
 
     def finish(self) -> None:
         handler = self._handler
