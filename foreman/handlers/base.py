@@ -154,6 +154,15 @@ class BaseHandler(tornado.web.RequestHandler):
             self._body_parts = [b"".join(self._body_parts)]
         return self._body_parts[0]
 
+    def on_connection_close(self) -> None:
+        # Fails Tornado's wait for the rest of a streamed body; without it a
+        # client leaving mid-body leaves its handler waiting forever.
+        super().on_connection_close()
+        # Such a handler never finishes: stop counting it as in flight here.
+        if self._counted:
+            self._counted = False
+            self.activity.end(self)
+
     def on_finish(self) -> None:
         if self._counted:
             self._counted = False

@@ -55,6 +55,8 @@ class ClientSink:
         self.at_line_start = True
         #: the answer's media type, e.g. "application/x-ndjson"
         self.media_type = ""
+        #: the target answered with a web page, not Ollama's API
+        self.not_ollama = False
         #: bytes of the answer passed to the client so far
         self.sent_bytes = 0
         # The last two pieces that went out: a final chunk's stats are read from them.
@@ -73,6 +75,11 @@ class ClientSink:
                 content_type = value
         media_type = self.media_type = content_type.partition(";")[0].strip().lower()
         if media_type in _WHOLE_DOCUMENT_TYPES:
+            self._held = []
+        elif media_type == "text/html" and 200 <= status < 300:
+            # Ollama never answers with a web page: a login portal, a proxy's
+            # error page or the wrong port. Hold it and say so instead.
+            self.not_ollama = True
             self._held = []
 
     def write(self, chunk: bytes) -> Awaitable[None] | None:
@@ -114,6 +121,15 @@ class ClientSink:
 
     def finish(self) -> None:
         handler = self._handler
+        if self.not_ollama:
+            handler.fail(
+                ForemanError(
+                    502,
+                    f"the target {handler.target.display_url} answered with a web page, not "
+                    "Ollama's API; is FOREMAN_OLLAMA_URL pointing at Ollama?",
+                )
+            )
+            return
         if self._held:
             document = b"".join(self._held)
             self.sent_bytes += len(document)
@@ -145,6 +161,7 @@ class RelayHandler(BaseHandler):
             self._upstream.close()
 
     def on_connection_close(self) -> None:
+        super().on_connection_close()
         self._client_gone = True
         if self._ticket is not None:
             self.queue.leave(self._ticket)
