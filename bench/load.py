@@ -209,16 +209,23 @@ class _Conn(asyncio.Protocol):
 
 
 class Client:
-    """One keep-alive connection to 127.0.0.1:port, reopened if the server closes it."""
+    """One keep-alive connection to 127.0.0.1:port, reopened if the server closes it.
 
-    def __init__(self, port: int) -> None:
+    `local_host` binds the client end to another loopback address (e.g.
+    127.0.0.2), so that a server that tells clients apart by address sees a
+    different client.
+    """
+
+    def __init__(self, port: int, local_host: str | None = None) -> None:
         self.port = port
+        self.local_host = local_host
         self._conn: _Conn | None = None
         self.connects = 0
 
     async def connect(self) -> None:
         if self._conn is None or self._conn.closed:
-            _, conn = await asyncio.get_running_loop().create_connection(_Conn, HOST, self.port)
+            local = (self.local_host, 0) if self.local_host else None
+            _, conn = await asyncio.get_running_loop().create_connection(_Conn, HOST, self.port, local_addr=local)
             self._conn = conn
             self.connects += 1
 

@@ -113,6 +113,14 @@ def peak_rss_kib(pids: Sequence[int]) -> int:
     return sum(status_kib(pid, "VmHWM") for pid in pids)
 
 
+def open_fds(pid: int) -> int:
+    """How many file descriptors the process has open (sockets included); 0 if it is gone."""
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except (FileNotFoundError, PermissionError):
+        return 0
+
+
 def child_pids(parent: int) -> list[int]:
     found = []
     for entry in os.listdir("/proc"):
@@ -277,9 +285,19 @@ def export_foreman(rev: str, into: str) -> str:
 
 
 def start_foreman(
-    name: str, port: int, target_port: int, logdir: str, concurrency: int, max_queue: int, source: str | None = None
+    name: str,
+    port: int,
+    target_port: int,
+    logdir: str,
+    concurrency: int,
+    max_queue: int,
+    source: str | None = None,
+    extra_env: dict[str, str] | None = None,
 ) -> Child:
-    """`python -m foreman`, run from `source` (a directory holding foreman/) or the working tree."""
+    """`python -m foreman`, run from `source` (a directory holding foreman/) or the working tree.
+
+    `extra_env` (e.g. FOREMAN_CLIENT_TIMEOUT) is applied last, over the settings here.
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith("FOREMAN_")}
     env.update(
         FOREMAN_OLLAMA_URL=f"http://{HOST}:{target_port}",
@@ -289,6 +307,7 @@ def start_foreman(
         FOREMAN_CONCURRENCY=str(concurrency),
         FOREMAN_MAX_QUEUE=str(max_queue),
     )
+    env.update(extra_env or {})
     cwd = source or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     # `python -m` puts the working directory first on sys.path: that foreman/ wins over any installed one.
     return Child(name, [sys.executable, "-m", "foreman"], env, logdir, cwd=cwd)
