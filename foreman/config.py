@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import math
+from fractions import Fraction
 import os
 import re
 from collections.abc import Mapping
@@ -357,6 +358,7 @@ def load(environ: Mapping[str, str], args: argparse.Namespace | None = None) -> 
 
 # --- sizes ------------------------------------------------------------------
 
+_MAX_SIZE = 1 << 62
 _SIZE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)")
 _SIZE_UNITS = {
     "": 1, "b": 1,
@@ -371,7 +373,11 @@ def parse_size(text: str) -> int:
     unit = match.group(2).lower() if match else ""
     if match is None or unit not in _SIZE_UNITS:
         raise ValueError(f"not a size: {text!r}")
-    return int(float(match.group(1)) * _SIZE_UNITS[unit])
+    # Exact arithmetic: a float would round large byte counts (and overflow).
+    size = Fraction(match.group(1)) * _SIZE_UNITS[unit]
+    if size > _MAX_SIZE:
+        raise ValueError(f"size too large: {text!r}")
+    return int(size)
 
 
 def _parse_size_setting(text: str, label: str) -> int:
@@ -528,12 +534,17 @@ def _strip_userinfo(url: str) -> str:
 
 
 def _hide_userinfo(text: str) -> str:
-    # For text that failed to parse: a password may itself hold "/" or ":", so
-    # drop everything up to the last "@" rather than trust the URL's structure.
-    scheme, sep, rest = text.rpartition("://")
-    if "@" not in rest:
+    # For text that failed to parse: a password may itself hold "/", ":" or
+    # even "://", so keep a scheme prefix and drop everything up to the last
+    # "@" rather than trust the URL's structure.
+    if "@" not in text:
         return text
-    return f"{scheme}{sep}{rest.rpartition('@')[2]}"
+    scheme = _SCHEME_PREFIX.match(text)
+    prefix = scheme.group(0) if scheme else ""
+    return prefix + text[len(prefix) :].rpartition("@")[2]
+
+
+_SCHEME_PREFIX = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:/*")
 
 
 def _normalise_url(text: str) -> str:

@@ -16,11 +16,10 @@ DEFAULT_TAG = "latest"
 
 def canonical(name: str) -> str:
     """The fully qualified, lower-cased form used to compare two names."""
-    text = name.strip()
     # A digest pins content, but Ollama matches the named model; drop it.
-    text = text.partition("@")[0]
+    text = name.partition("@")[0].strip()
     if "://" in text:
-        text = text.partition("://")[2]
+        text = text.partition("://")[2].strip()
     tag = DEFAULT_TAG
     # A ":" after the last "/" is a tag; one before it is a host's port.
     colon, slash = text.rfind(":"), text.rfind("/")

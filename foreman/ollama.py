@@ -24,6 +24,7 @@ import json
 import socket
 import ssl
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
@@ -417,7 +418,7 @@ class TargetClient:
             sink.start(code, reason, _downstream_headers(response_headers))
 
         request = _UpstreamRequest(
-            self.base_url + path,
+            self.base_url + _as_sent(path),
             method=method,
             headers=outgoing,
             body=body,
@@ -471,6 +472,22 @@ class TargetClient:
         if isinstance(error, (OSError, StreamClosedError, HTTPClientError)):
             return TargetUnreachable(f"cannot connect to the target {where}: {_describe(error)}")
         return TargetUnusable(f"talking to the target {where} failed: {_describe(error)}")
+
+
+def _as_sent(path: str) -> str:
+    """A client's path, for Tornado's client to put on the wire as the client sent it.
+
+    Tornado's server decodes a request line as Latin-1 and its client encodes
+    one as UTF-8: raw UTF-8 in a path would arrive double-encoded.
+    """
+    if path.isascii():
+        return path
+    raw = path.encode("latin-1")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        # Not UTF-8 either: percent-encode the bytes that are not ASCII.
+        return urllib.parse.quote(raw, safe="".join(map(chr, range(33, 127))))
 
 
 def _describe(error: BaseException) -> str:

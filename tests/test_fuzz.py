@@ -768,14 +768,6 @@ async def test_a_request_whose_body_never_completes_is_not_left_in_flight(forema
     assert foreman.foreman.activity.in_flight == 0, f"still in flight after the connection closed: {left}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="bug: a request path holding raw (not percent-encoded) UTF-8 reaches the target "
-    "double-encoded: Tornado decodes the request line as Latin-1 and foreman's relay "
-    "(Tornado's client) encodes the path as UTF-8, so GET /v1/models/ünï asks the target for "
-    "/v1/models/Ã\x83Â¼nÃ\x83Â¯ - a different path than the client sent",
-)
 @pytest.mark.parametrize("path", ["/v1/models/ünï", "/v1/models/llama3.2:ä"])
 async def test_a_raw_non_ascii_path_reaches_the_target_byte_for_byte(foreman, stub, path) -> None:
     await foreman.ready()
@@ -790,13 +782,6 @@ async def test_a_raw_non_ascii_path_reaches_the_target_byte_for_byte(foreman, st
     assert relayed[-1].path == raw.decode("latin-1"), (relayed[-1].path, raw)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="issue 7 point 2 asks for 400 on a duplicate Content-Length and that such a request is "
-    "never forwarded; Tornado merges two equal Content-Length headers into one, so foreman accepts "
-    "the request and relays it (200)",
-)
 async def test_a_duplicate_content_length_is_refused_and_not_forwarded(foreman, stub) -> None:
     await foreman.ready()
     port = int(foreman.url.rsplit(":", 1)[1])

@@ -129,6 +129,13 @@ class BaseHandler(tornado.web.RequestHandler):
             )
             return
         self.client_id = client_identity(authorization, self.request.remote_ip, self.tokens.enabled)
+        lengths = self.request.headers.get_list("Content-Length")
+        if len(lengths) > 1 or "," in "".join(lengths):
+            # Tornado would merge equal copies; a front must not guess which
+            # framing another hop read (request smuggling).
+            self.set_header("Connection", "close")
+            self.fail(ForemanError(400, "request has more than one Content-Length"))
+            return
         limit = self.body_limit()
         declared = self.request.headers.get("Content-Length", "")
         if declared.isdigit() and int(declared) > limit:
