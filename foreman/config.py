@@ -13,11 +13,11 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import math
-from fractions import Fraction
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Literal, TypeVar
 from urllib.parse import urlsplit
 

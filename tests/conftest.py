@@ -8,6 +8,7 @@ the loop keeps serving while they wait.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -22,6 +23,17 @@ from foreman.stub import StubOllama
 # Tests hold hundreds of connections in one process (client, foreman and the
 # stand-in each hold one per stream).
 raise_open_file_limit()
+
+
+@pytest.fixture(autouse=True)
+def no_uncaught_exceptions(caplog) -> Iterator[None]:
+    """Whatever a test does, nothing in foreman (or the stand-in) may crash with a traceback."""
+    yield
+    crashes = [
+        r for r in caplog.get_records("call")
+        if r.levelno >= logging.ERROR and r.exc_info and r.name.startswith(("tornado", "foreman", "asyncio"))
+    ]
+    assert not crashes, "\n".join(f"{r.name}: {r.getMessage()}" for r in crashes)
 
 
 @pytest.fixture

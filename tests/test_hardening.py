@@ -90,6 +90,14 @@ async def test_client_that_stops_reading_is_dropped_and_the_target_request_close
     await stub.wait_for(lambda: stub.chats_disconnected == 1, timeout=30)
     assert stub.chats_finished == 0
     await until(lambda: front.foreman.activity.in_flight == 0, timeout=10)
+    # ...and the client's connection is closed, not left half-served.
+    loop = asyncio.get_running_loop()
+
+    async def read_to_end() -> None:
+        while await loop.sock_recv(sock, 65536):
+            pass
+
+    await asyncio.wait_for(read_to_end(), 10)
     sock.close()
     assert (await front.fetch("/api/chat", method="POST", body=CHAT)).code == 200
 

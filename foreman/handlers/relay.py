@@ -14,6 +14,8 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 
+from tornado.iostream import StreamClosedError
+
 from foreman.handlers.base import BaseHandler, ForemanError, target_failure
 from foreman.ollama import (
     BodyProducer,
@@ -101,11 +103,15 @@ class ClientSink:
             self._handler.first_byte_at = time.time()
             self._handler.write(chunk)
             written = self._handler.flush()
-        if written.done():
-            return written
-        return self._within_deadline(written)
+        if not written.done():
+            return self._within_deadline(written)
+        if written.exception() is not None:
+            self._handler.lose_client()
+        # Nothing raised from here: Tornado's client logs whatever a
+        # streaming callback raises as an uncaught exception, traceback and all.
+        return None
 
-    async def _within_deadline(self, written: Awaitable[None]) -> None:
+    async def _within_deadline(self, written: asyncio.Future[None]) -> None:
         # The client is not taking what it asked for. Waiting slows the target
         # (backpressure), but not forever: past the deadline the client is
         # dropped, which closes the target request too.
@@ -117,7 +123,9 @@ class ClientSink:
                 self._handler.client_id, self._handler.config.client_timeout,
             )
             self._connection.close()  # type: ignore[attr-defined]
-            raise
+            self._handler.lose_client()
+        except StreamClosedError:
+            self._handler.lose_client()
 
     def finish(self) -> None:
         handler = self._handler
@@ -162,9 +170,13 @@ class RelayHandler(BaseHandler):
 
     def on_connection_close(self) -> None:
         super().on_connection_close()
-        self._client_gone = True
         if self._ticket is not None:
             self.queue.leave(self._ticket)
+        self.lose_client()
+
+    def lose_client(self) -> None:
+        """The client cannot take the answer any more: stop asking the target for it."""
+        self._client_gone = True
         if self._upstream is not None:
             self._upstream.close()
 
