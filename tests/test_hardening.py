@@ -253,3 +253,30 @@ async def test_target_resetting_the_connection_is_waited_out_then_503(start_fore
     ps = await front.fetch("/api/ps")
     assert ps.code == 503 and "Retry-After" in ps.headers
     server.close()
+
+
+async def test_target_answering_with_something_not_http_is_502_and_the_next_request_works(start_foreman) -> None:
+    garbage = True
+
+    async def answer(head: bytes, writer: asyncio.StreamWriter) -> None:
+        if b"/api/tags" in head:
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                         % (len(TAGS), TAGS))
+        elif garbage:
+            writer.write(b"SSH-2.0-OpenSSH_9.2p1\r\nProtocol mismatch.\r\n\r\n")
+        else:
+            done = b'{"done":true}'
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                         % (len(done), done))
+        await writer.drain()
+
+    server, url = await serve_raw(answer)
+    front = start_foreman(url)
+    await front.ready()
+    response = await front.fetch("/api/chat", method="POST", body={**CHAT, "stream": False})
+    assert response.code == 502
+    assert "malformed HTTP response" in json.loads(response.body)["error"]
+    garbage = False
+    again = await front.fetch("/api/chat", method="POST", body={**CHAT, "stream": False})
+    assert again.code == 200 and again.body == b'{"done":true}'
+    server.close()
