@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Protocol
+
+
+class InFlight(Protocol):
+    """A request being served, which a drain can end when its grace is over."""
+
+    def cut_for_shutdown(self) -> None: ...
 
 
 class Activity:
@@ -12,16 +19,16 @@ class Activity:
         self.in_flight = 0
         self.draining = False
         #: the handlers serving those requests, so a drain can end the stragglers
-        self.handlers: set[object] = set()
+        self.handlers: set[InFlight] = set()
         self._idle = asyncio.Event()
         self._idle.set()
 
-    def begin(self, handler: object) -> None:
+    def begin(self, handler: InFlight) -> None:
         self.in_flight += 1
         self.handlers.add(handler)
         self._idle.clear()
 
-    def end(self, handler: object) -> None:
+    def end(self, handler: InFlight) -> None:
         self.handlers.discard(handler)
         self.in_flight -= 1
         if self.in_flight <= 0:

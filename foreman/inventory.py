@@ -17,7 +17,7 @@ from collections.abc import Callable
 from tornado.ioloop import PeriodicCallback
 
 from foreman.names import canonical
-from foreman.ollama import Target, TargetError, TargetUnusable
+from foreman.target import Target, TargetError, TargetUnusable
 
 log = logging.getLogger("foreman.inventory")
 

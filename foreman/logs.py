@@ -10,6 +10,8 @@ from typing import Any
 
 import tornado.web
 
+from foreman.record import RequestRecord
+
 access_log = logging.getLogger("foreman.access")
 
 # Attributes every LogRecord has; anything else was passed in `extra=`.
@@ -53,13 +55,11 @@ def configure(log_format: str, level: str) -> None:
 def log_request(handler: tornado.web.RequestHandler) -> None:
     """One line per request: method, path, status, duration, model, client, queue wait,
     time to first byte, bytes relayed and the target's eval_count/eval_duration."""
-    status = handler.get_status()
-    request = handler.request
-    duration_ms = 1000.0 * request.request_time()
-    model = getattr(handler, "log_model", None)
-    client = getattr(handler, "client_id", None) or None
-    queue_wait = getattr(handler, "queue_wait", None)
-    if request.path == "/healthz":
+    record: RequestRecord | None = getattr(handler, "record", None)
+    if record is None:  # not one of foreman's handlers: nothing to say
+        return
+    status = record.status or handler.get_status()
+    if record.path == "/healthz":
         # Probed every few seconds; its 503 reports the target, not a failure
         # of the request (the poller logs that once, as a warning).
         level = logging.DEBUG if status == 200 else logging.INFO
@@ -74,44 +74,42 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
         level = logging.INFO
     if not access_log.isEnabledFor(level):
         return
-    started = request._start_time
-    first_byte_at = getattr(handler, "first_byte_at", None)
-    ttfb_ms = None if first_byte_at is None else round(1000.0 * (first_byte_at - started), 3)
-    sent = getattr(handler, "relayed_bytes", None)
-    eval_count = getattr(handler, "eval_count", None)
-    eval_duration = getattr(handler, "eval_duration", None)
+    duration_ms = 1000.0 * record.duration
+    ttfb = record.time_to_first_byte
+    ttfb_ms = None if ttfb is None else round(1000.0 * ttfb, 3)
+    queue_wait = record.queue_wait
     details = "".join(
         f" {name}={value}"
         for name, value in (
-            ("model", model),
-            ("client", client),
+            ("model", record.model),
+            ("client", record.client),
             ("wait", None if queue_wait is None else f"{queue_wait:.3f}s"),
             ("ttfb", None if ttfb_ms is None else f"{ttfb_ms:.1f}ms"),
-            ("bytes", sent),
-            ("eval_count", eval_count),
+            ("bytes", record.relayed_bytes),
+            ("eval_count", record.eval_count),
         )
         if value is not None
     )
     access_log.log(
         level,
         "%s %s %d %.1fms%s",
-        request.method,
-        request.path,
+        record.method,
+        record.path,
         status,
         duration_ms,
         details,
         extra={
-            "method": request.method,
-            "path": request.path,
+            "method": record.method,
+            "path": record.path,
             "status": status,
             "duration_ms": round(duration_ms, 3),
-            "model": model,
-            "client": client,
+            "model": record.model,
+            "client": record.client or None,
             "queue_wait": None if queue_wait is None else round(queue_wait, 6),
             "ttfb_ms": ttfb_ms,
-            "bytes": sent,
-            "eval_count": eval_count,
-            "eval_duration": eval_duration,
-            "remote": request.remote_ip,
+            "bytes": record.relayed_bytes,
+            "eval_count": record.eval_count,
+            "eval_duration": record.eval_duration,
+            "remote": record.remote,
         },
     )

@@ -19,6 +19,7 @@ from prometheus_client import (
 
 from foreman.inventory import Inventory
 from foreman.queue import FairQueue
+from foreman.record import RequestRecord
 
 # Waits and first bytes range from instant to minutes (a model loading).
 _WAIT_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
@@ -67,6 +68,18 @@ class Metrics:
         }
         for name, (documentation, read) in gauges.items():
             Gauge(name, documentation, registry=self.registry).set_function(read)
+
+    def observe(self, record: RequestRecord) -> None:
+        """Count one answered request."""
+        self.requests.labels(record.route, str(record.status)).inc()
+        first_byte = record.time_to_first_byte
+        self.time_to_first_byte.labels(record.route).observe(
+            record.duration if first_byte is None else first_byte
+        )
+        if record.queue_wait is not None:
+            self.queue_wait.observe(record.queue_wait)
+        if record.eval_count:
+            self.generated_tokens.inc(record.eval_count)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

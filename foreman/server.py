@@ -14,14 +14,14 @@ from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
 from foreman.activity import Activity
-from foreman.app import Collaborators, inbound_tokens, make_app
+from foreman.app import inbound_tokens, make_app
 from foreman.auth import FailedAuthLog, TokenSet
 from foreman.config import Config, ConfigError
-from foreman.handlers.relay import RelayHandler
 from foreman.inventory import Inventory
 from foreman.metrics import Metrics
 from foreman.notify import notify
-from foreman.ollama import TargetClient
+from foreman.services import Services
+from foreman.target import TargetClient
 from foreman.queue import FairQueue
 
 log = logging.getLogger("foreman.server")
@@ -79,7 +79,7 @@ class Foreman:
         self.admins = TokenSet(config.admin_tokens)
         self.metrics = Metrics(self.queue, self.inventory)
         self.app = make_app(
-            Collaborators(
+            Services(
                 config, self.target, self.inventory, self.activity, self.queue,
                 self.tokens, self.admins, self.metrics, FailedAuthLog(),
             )
@@ -138,8 +138,7 @@ class Foreman:
         if not await self.activity.wait_idle(grace):
             log.warning("grace period over: ending %d requests still in flight", self.activity.in_flight)
             for handler in list(self.activity.handlers):
-                if isinstance(handler, RelayHandler):
-                    handler.cut_for_shutdown()
+                handler.cut_for_shutdown()
             await self.activity.wait_idle(_STRAGGLER_GRACE)
         await self.server.close_all_connections()
         self.target.close()

@@ -25,7 +25,7 @@ async def test_sequential_requests_share_one_target_connection(foreman, stub) ->
         assert json.loads(whole.body)["done"] is True
         assert (await foreman.fetch("/api/ps")).code == 200
     assert stub.connections - before <= 1
-    assert foreman.foreman.target._http.tcp_client.reused >= 29
+    assert foreman.foreman.target.pool.reused >= 29
 
 
 async def test_connection_closed_by_a_leaving_client_is_not_reused(foreman, stub) -> None:

@@ -8,7 +8,7 @@ import socket
 import pytest
 from tornado.httputil import HTTPHeaders
 
-from foreman.ollama import (
+from foreman.target import (
     TargetClient,
     TargetStatusError,
     TargetTimeout,
@@ -154,7 +154,7 @@ async def test_hop_by_hop_and_length_headers_are_not_relayed_back(io_loop) -> No
 
 
 async def test_closing_upstream_before_connect_cancels(io_loop, stub) -> None:
-    from foreman.ollama import Cancelled
+    from foreman.target import Cancelled
 
     upstream = Upstream()
     upstream.close()

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from foreman.handlers import generation, health, info, manage, models, openai
+from foreman.handlers import generation, health, manage, metrics, models, openai, server_info
 from foreman.handlers.base import NotFoundHandler
 
 routes = [
     *health.routes,
-    *info.routes,
+    *metrics.routes,
+    *server_info.routes,
     *models.routes,
     *generation.routes,
     *manage.routes,

@@ -1,28 +1,18 @@
-"""What every foreman handler shares: auth, JSON errors, in-flight tracking."""
+"""What every foreman handler shares: auth, JSON errors, the request record, in-flight tracking."""
 
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Awaitable
 from typing import Any
 
 import tornado.web
 from tornado import httputil
 
-from foreman.activity import Activity
-from foreman.auth import FailedAuthLog, TokenSet, client_identity
-from foreman.config import Config
-from foreman.inventory import Inventory
-from foreman.metrics import Metrics
-from foreman.ollama import (
-    Target,
-    TargetError,
-    TargetStatusError,
-    TargetTimeout,
-    TargetUnreachable,
-)
-from foreman.queue import FairQueue
+from foreman.auth import client_identity
+from foreman.record import RequestRecord
+from foreman.services import Services
+from foreman.target import TargetError, TargetStatusError, TargetTimeout, TargetUnreachable
 
 JSON = "application/json; charset=utf-8"
 # How long a client is told to wait before retrying while the target is down.
@@ -64,43 +54,20 @@ class BaseHandler(tornado.web.RequestHandler):
 
     requires_auth = True
 
-    def initialize(
-        self,
-        config: Config,
-        target: Target,
-        inventory: Inventory,
-        activity: Activity,
-        tokens: TokenSet,
-        admins: TokenSet,
-        queue: FairQueue,
-        metrics: Metrics,
-        auth_failures: FailedAuthLog,
-        route: str,
-    ) -> None:
-        self.config = config
-        self.target = target
-        self.inventory = inventory
-        self.activity = activity
-        self.tokens = tokens
-        self.admins = admins
-        self.queue = queue
-        self.metrics = metrics
-        self.auth_failures = auth_failures
-        self.route = route
-        #: when the first byte of the answer went out (relays), for the log and metrics
-        self.first_byte_at: float | None = None
-        #: bytes of a relayed answer passed to the client
-        self.relayed_bytes: int | None = None
-        #: the target's eval_count / eval_duration from a final chunk, if any
-        self.eval_count: int | None = None
-        self.eval_duration: int | None = None
-        #: the model a request named, for the request log
-        self.log_model: str | None = None
-        #: seconds the request waited in the queue, for the log and X-Foreman-Queue-Wait
-        self.queue_wait: float | None = None
-        self.client_id = ""
+    def initialize(self, services: Services, route: str) -> None:
+        self.services = services
+        self.config = services.config
+        request = self.request
+        #: what the request log line and the metrics read
+        self.record = RequestRecord(request.method or "", request.path, route, request.remote_ip)
+        #: finish() has been called: the answer is decided
+        self.answered = False
         self._counted = False
         self._body_parts: list[bytes] = []
+
+    @property
+    def client_id(self) -> str:
+        return self.record.client or ""
 
     def set_default_headers(self) -> None:
         # Ollama sends no Server header; neither does a transparent front.
@@ -111,24 +78,26 @@ class BaseHandler(tornado.web.RequestHandler):
         return None
 
     async def prepare(self) -> None:
-        self.activity.begin(self)
+        activity = self.services.activity
+        activity.begin(self)
         self._counted = True
-        if self.activity.draining:
+        if activity.draining:
             self.set_header("Connection", "close")
             self.fail(ForemanError(503, "foreman is shutting down; retry shortly", {"Retry-After": "1"}))
             return
         authorization = self.request.headers.get("Authorization")
-        if self.requires_auth and not self.tokens.accepts(authorization):
+        tokens = self.services.tokens
+        if self.requires_auth and not tokens.accepts(authorization):
             # One answer whatever was wrong with the token, and one log line
             # per address and minute, not one per guess.
-            self.auth_failures.note(self.request.remote_ip or "unknown")
+            self.services.auth_failures.note(self.request.remote_ip or "unknown")
             self.fail(
                 ForemanError(
                     401, "missing or invalid bearer token", {"WWW-Authenticate": "Bearer"}
                 )
             )
             return
-        self.client_id = client_identity(authorization, self.request.remote_ip, self.tokens.enabled)
+        self.record.client = client_identity(authorization, self.request.remote_ip, tokens.enabled)
         lengths = self.request.headers.get_list("Content-Length")
         if len(lengths) > 1 or "," in "".join(lengths):
             # Tornado would merge equal copies; a front must not guess which
@@ -150,7 +119,7 @@ class BaseHandler(tornado.web.RequestHandler):
         return self.config.max_body
 
     def data_received(self, chunk: bytes) -> Awaitable[None] | None:
-        if not self._finished:  # a refused request's body is read and dropped
+        if not self.answered:  # a refused request's body is read and dropped
             self._body_parts.append(chunk)
         return None
 
@@ -161,27 +130,34 @@ class BaseHandler(tornado.web.RequestHandler):
             self._body_parts = [b"".join(self._body_parts)]
         return self._body_parts[0]
 
+    def cut_for_shutdown(self) -> None:
+        """The drain's grace period is over: end this request with a clear error.
+
+        Answers foreman makes itself are over in an instant; relays override this.
+        """
+
+    def finish(self, chunk: str | bytes | dict[str, Any] | None = None) -> Awaitable[None]:
+        if not self.answered:
+            self.answered = True
+            # Tornado logs the request inside finish(): the record must be complete first.
+            self.record.finish(self.get_status())
+        return super().finish(chunk)
+
     def on_connection_close(self) -> None:
         # Fails Tornado's wait for the rest of a streamed body; without it a
         # client leaving mid-body leaves its handler waiting forever.
         super().on_connection_close()
         # Such a handler never finishes: stop counting it as in flight here.
-        if self._counted:
-            self._counted = False
-            self.activity.end(self)
+        self._stop_counting()
 
     def on_finish(self) -> None:
+        self._stop_counting()
+        self.services.metrics.observe(self.record)
+
+    def _stop_counting(self) -> None:
         if self._counted:
             self._counted = False
-            self.activity.end(self)
-        metrics = self.metrics
-        metrics.requests.labels(self.route, str(self.get_status())).inc()
-        first_byte = self.first_byte_at or time.time()
-        metrics.time_to_first_byte.labels(self.route).observe(first_byte - self.request._start_time)
-        if self.queue_wait is not None:
-            metrics.queue_wait.observe(self.queue_wait)
-        if self.eval_count:
-            metrics.generated_tokens.inc(self.eval_count)
+            self.services.activity.end(self)
 
     def fail(self, error: ForemanError) -> None:
         """Answer with Ollama's error shape and finish."""
@@ -198,8 +174,8 @@ class BaseHandler(tornado.web.RequestHandler):
         return error_body(message)
 
     def note_queue_wait(self) -> None:
-        if self.queue_wait is not None:
-            self.set_header("X-Foreman-Queue-Wait", f"{self.queue_wait:.3f}")
+        if self.record.queue_wait is not None:
+            self.set_header("X-Foreman-Queue-Wait", f"{self.record.queue_wait:.3f}")
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         # Reached for errors Tornado itself raises (405, a bad request line)
@@ -228,5 +204,5 @@ class NotFoundHandler(BaseHandler):
 
     async def prepare(self) -> None:
         await super().prepare()
-        if not self._finished:
+        if not self.answered:
             self.fail(ForemanError(404, f"no route for {self.request.method} {self.request.path}"))

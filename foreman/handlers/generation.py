@@ -1,79 +1,12 @@
-"""Routes that name a model in their JSON body: validated, then relayed.
-
-Generation routes (chat, generate, embeddings) go through the queue;
-`/api/show` only reads metadata and does not wait behind generations.
-"""
+"""Generations: chat, generate and embeddings. The model is checked, then the request queues."""
 
 from __future__ import annotations
 
-import json
-
-from foreman.handlers.base import RETRY_AFTER_UNREACHABLE, ForemanError
-from foreman.handlers.relay import RelayHandler
-
-
-def json_object(body: bytes) -> dict[str, object]:
-    """The request body as a JSON object, or a 400 saying what is wrong with it."""
-    if not body.strip():
-        raise ForemanError(400, "request body is empty; expected a JSON object")
-    try:
-        document = json.loads(body)
-    except (ValueError, RecursionError) as e:
-        raise ForemanError(400, f"request body is not valid JSON: {e}") from None
-    if not isinstance(document, dict):
-        raise ForemanError(400, "request body must be a JSON object")
-    return document
-
-
-class ModelRouteHandler(RelayHandler):
-    """A POST route whose body names a model the target must have."""
-
-    target_path = ""
-    queued = True
-    #: body fields that may name the model, in order of preference
-    model_fields: tuple[str, ...] = ("model",)
-
-    async def post(self) -> None:
-        try:
-            await self.check_model(json_object(self.body))
-        except ForemanError as e:
-            self.fail(e)
-            return
-        if self.queued:
-            await self.relay_queued("POST", self.target_path, self.body)
-        else:
-            await self.relay("POST", self.target_path, self.body)
-
-    async def check_model(self, document: dict[str, object]) -> None:
-        model = next((document[f] for f in self.model_fields if document.get(f)), None)
-        if not isinstance(model, str) or not model.strip():
-            raise ForemanError(400, "model is required")
-        self.log_model = model
-        if await self.inventory.find(model):
-            return
-        if self.inventory.tags_body is None:
-            raise ForemanError(
-                503,
-                f"cannot check model '{model}': no model inventory yet ({self.inventory.last_error})",
-                {"Retry-After": str(RETRY_AFTER_UNREACHABLE)},
-            )
-        raise ForemanError(404, f"model '{model}' not found")
-
-
-def model_route(path: str, *, queued: bool = True, fields: tuple[str, ...] = ("model",)) -> type:
-    """A `ModelRouteHandler` for one target path."""
-    return type(
-        "ModelRoute" + path.replace("/", "_"),
-        (ModelRouteHandler,),
-        {"target_path": path, "queued": queued, "model_fields": fields},
-    )
-
+from foreman.handlers.model_route import model_route
 
 routes = [
     (r"/api/chat", model_route("/api/chat")),
     (r"/api/generate", model_route("/api/generate")),
     (r"/api/embed", model_route("/api/embed")),
     (r"/api/embeddings", model_route("/api/embeddings")),
-    # /api/show also takes the model under its legacy name, `name`.
-    (r"/api/show", model_route("/api/show", queued=False, fields=("model", "name"))),
 ]

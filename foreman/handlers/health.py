@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import datetime
 
-from prometheus_client import CONTENT_TYPE_LATEST
-
 from foreman.handlers.base import BaseHandler
 
 
@@ -21,36 +19,19 @@ class HealthHandler(BaseHandler):
     requires_auth = False
 
     def get(self) -> None:
-        inventory = self.inventory
+        inventory = self.services.inventory
         self.set_status(503 if inventory.degraded else 200)
         self.write(
             {
                 "status": "degraded" if inventory.degraded else "ok",
                 "degraded": inventory.degraded,
-                "target": self.target.display_url,
+                "target": self.services.target.display_url,
                 "last_poll": rfc3339(inventory.last_poll),
                 "last_error": inventory.last_error,
                 "models": inventory.model_count,
-                "queue": self.queue.snapshot(),
+                "queue": self.services.queue.snapshot(),
             }
         )
 
 
-
-
-class MetricsHandler(BaseHandler):
-    """Prometheus metrics; behind the API's auth unless FOREMAN_METRICS_PUBLIC=1."""
-
-    @property
-    def requires_auth(self) -> bool:  # type: ignore[override]
-        return not self.config.metrics_public
-
-    def get(self) -> None:
-        self.set_header("Content-Type", CONTENT_TYPE_LATEST)
-        self.finish(self.metrics.exposition())
-
-
-routes: list[tuple[str, type[BaseHandler]]] = [
-    (r"/healthz", HealthHandler),
-    (r"/metrics", MetricsHandler),
-]
+routes: list[tuple[str, type[BaseHandler]]] = [(r"/healthz", HealthHandler)]

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 
 from foreman.handlers.base import ForemanError
 from foreman.handlers.relay import RelayHandler
-from foreman.ollama import BodyProducer
+from foreman.target import BodyProducer
 
 # Model files are gigabytes; a blob upload is streamed, never held in memory.
 MAX_BLOB_SIZE = 1 << 40
@@ -29,9 +29,10 @@ class ManageHandler(RelayHandler):
 
     async def prepare(self) -> None:
         await super().prepare()
-        if self._finished:
+        if self.answered:
             return
-        if not self.admins.enabled or not self.admins.accepts(self.request.headers.get("Authorization")):
+        admins = self.services.admins
+        if not admins.enabled or not admins.accepts(self.request.headers.get("Authorization")):
             self.fail(
                 ForemanError(
                     403,
@@ -43,7 +44,7 @@ class ManageHandler(RelayHandler):
     async def relay_change(self, body: bytes | None, producer: BodyProducer | None = None) -> None:
         await self.relay(self.request.method, self.request.path, body, body_producer=producer)
         if 200 <= self.get_status() < 300:
-            self.inventory.refresh()
+            self.services.inventory.refresh()
 
     async def post(self) -> None:
         await self.relay_change(self.body)
@@ -71,7 +72,7 @@ class BlobHandler(ManageHandler):
 
     async def prepare(self) -> None:
         await super().prepare()
-        if self._finished or self.request.method != "POST":
+        if self.answered or self.request.method != "POST":
             return
         # A model file takes longer than FOREMAN_CLIENT_TIMEOUT to upload;
         # the target's own pace (backpressure) bounds it instead.

@@ -1,4 +1,4 @@
-"""GET /api/tags (from the inventory) and GET /api/ps (live from the target)."""
+"""What models the target has: `/api/tags` (the inventory), `/api/ps` (loaded now), `/api/show`."""
 
 from __future__ import annotations
 
@@ -9,16 +9,18 @@ from foreman.handlers.base import (
     ForemanError,
     target_failure,
 )
-from foreman.ollama import TargetError, TargetStatusError
+from foreman.handlers.model_route import model_route
+from foreman.target import TargetError, TargetStatusError
 
 
 class TagsHandler(BaseHandler):
     """The inventory, in the target's own bytes; the last-known one while it is down."""
 
     def get(self) -> None:
-        body = self.inventory.tags_body
+        inventory = self.services.inventory
+        body = inventory.tags_body
         if body is None:
-            reason = self.inventory.last_error or "the first poll has not finished"
+            reason = inventory.last_error or "the first poll has not finished"
             self.fail(
                 ForemanError(
                     503,
@@ -36,7 +38,7 @@ class RunningModelsHandler(BaseHandler):
 
     async def get(self) -> None:
         try:
-            response = await self.target.fetch("/api/ps")
+            response = await self.services.target.fetch("/api/ps")
         except TargetStatusError as e:
             self.send_target_answer(e)
             return
@@ -47,4 +49,9 @@ class RunningModelsHandler(BaseHandler):
         self.finish(response.body)
 
 
-routes = [(r"/api/tags", TagsHandler), (r"/api/ps", RunningModelsHandler)]
+routes = [
+    (r"/api/tags", TagsHandler),
+    (r"/api/ps", RunningModelsHandler),
+    # Metadata: never waits behind generations. Also takes the legacy `name`.
+    (r"/api/show", model_route("/api/show", queued=False, fields=("model", "name"))),
+]

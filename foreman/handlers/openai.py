@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 
-from foreman.handlers.generation import ModelRouteHandler
+from foreman.handlers.model_route import ModelRouteHandler
 from foreman.handlers.relay import RelayHandler
 
 _ERROR_TYPES = {

@@ -11,6 +11,7 @@ response that leaves it reusable.
 from __future__ import annotations
 
 import select
+import weakref
 from collections import deque
 from typing import Any
 
@@ -23,6 +24,9 @@ from tornado.tcpclient import TCPClient
 MAX_IDLE_PER_HOST = 64
 
 _PoolKey = tuple[str, int, bool]
+# Any of these on an idle connection means it cannot carry a new request:
+# the target closed it, reset it, or sent bytes nobody asked for.
+_NOT_IDLE = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP | select.POLLNVAL
 
 
 class ConnectionPool:
@@ -31,6 +35,8 @@ class ConnectionPool:
     def __init__(self, tcp_client: TCPClient) -> None:
         self._tcp_client = tcp_client
         self._idle: dict[_PoolKey, deque[IOStream]] = {}
+        # Where each connection handed out leads, to file it when it comes back.
+        self._keys: weakref.WeakKeyDictionary[IOStream, _PoolKey] = weakref.WeakKeyDictionary()
         #: connections dialled and reused, for tests and benchmarks
         self.dialled = 0
         self.reused = 0
@@ -40,19 +46,19 @@ class ConnectionPool:
         idle = self._idle.get(key)
         while idle:
             stream = idle.pop()
-            if _still_good(stream):
+            if still_idle(stream):
                 self.reused += 1
-                stream._foreman_pool_key = key  # type: ignore[attr-defined]
+                self._keys[stream] = key
                 return stream
             stream.close()
         stream = await self._tcp_client.connect(host, port, **kwargs)
         self.dialled += 1
-        stream._foreman_pool_key = key  # type: ignore[attr-defined]
+        self._keys[stream] = key
         return stream
 
     def give_back(self, stream: IOStream) -> None:
         """Keep `stream` for a later request (its response was read to the end)."""
-        key = getattr(stream, "_foreman_pool_key", None)
+        key = self._keys.pop(stream, None)
         if key is None or stream.closed():
             stream.close()
             return
@@ -81,14 +87,17 @@ def reusable(code: int, method: str, headers: httputil.HTTPHeaders, version: str
     return "Content-Length" in headers or is_transfer_encoding_chunked(headers)
 
 
-def _still_good(stream: IOStream) -> bool:
-    # An idle connection the target has closed (or sent stray bytes on)
-    # reads as ready: reusing it would fail the request it carries.
+def still_idle(stream: IOStream) -> bool:
+    """Whether an idle connection is still open with nothing waiting on it.
+
+    poll(), not select(): select() cannot look at a descriptor numbered 1024
+    or more, which is exactly where a busy foreman's connections end up.
+    """
     if stream.closed():
         return False
-    sock = stream.socket
+    poller = select.poll()
     try:
-        readable, _, _ = select.select([sock], [], [], 0)
+        poller.register(stream.socket, _NOT_IDLE)
+        return not poller.poll(0)
     except (OSError, ValueError):
         return False
-    return not readable

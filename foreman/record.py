@@ -1,0 +1,50 @@
+"""One request's record: what the request log line and the metrics both read.
+
+Times are `time.monotonic()` readings, so a duration never mixes clocks
+(a wall clock can jump when the machine syncs its time or wakes up).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    method: str
+    path: str
+    #: the route pattern that served it, a metrics label of bounded size
+    route: str
+    remote: str | None
+    started: float = field(default_factory=time.monotonic)
+    #: the client as logs show it: a short hash of its token, or its address
+    client: str | None = None
+    #: the model the request named
+    model: str | None = None
+    #: seconds waited in the queue for a turn
+    queue_wait: float | None = None
+    #: when the first byte of a relayed answer went out
+    first_byte: float | None = None
+    #: bytes of a relayed answer passed to the client
+    relayed_bytes: int | None = None
+    #: the target's eval_count and eval_duration, from a final chunk
+    eval_count: int | None = None
+    eval_duration: int | None = None
+    status: int = 0
+    finished: float | None = None
+
+    def finish(self, status: int) -> None:
+        """The answer is complete (or given up on) with `status`."""
+        self.status = status
+        self.finished = time.monotonic()
+
+    @property
+    def duration(self) -> float:
+        """Seconds from the request's head to its end (or to now, while it runs)."""
+        return (self.finished or time.monotonic()) - self.started
+
+    @property
+    def time_to_first_byte(self) -> float | None:
+        """Seconds to the first relayed byte; None if nothing was relayed."""
+        return None if self.first_byte is None else self.first_byte - self.started

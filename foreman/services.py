@@ -1,0 +1,28 @@
+"""The services one foreman's handlers share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from foreman.activity import Activity
+from foreman.auth import FailedAuthLog, TokenSet
+from foreman.config import Config
+from foreman.inventory import Inventory
+from foreman.metrics import Metrics
+from foreman.queue import FairQueue
+from foreman.target import Target
+
+
+@dataclass
+class Services:
+    """Handed to every handler as one route argument, never reached as globals."""
+
+    config: Config
+    target: Target
+    inventory: Inventory
+    activity: Activity
+    queue: FairQueue
+    tokens: TokenSet
+    admins: TokenSet
+    metrics: Metrics
+    auth_failures: FailedAuthLog

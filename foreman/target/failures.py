@@ -1,0 +1,63 @@
+"""Classifying a failed request to the target by what failed, not by what the error says.
+
+The stage the request reached decides: an error before a connection was
+established (name lookup, TCP connect, TLS handshake, including their
+timeouts) means the target is unreachable and the request may wait it out;
+after that, silence is a timeout and garbage is unusable.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+
+from tornado import httputil
+from tornado.httpclient import HTTPClientError
+from tornado.iostream import StreamClosedError
+from tornado.simple_httpclient import HTTPTimeoutError
+
+from foreman.target.contract import Upstream
+from foreman.target.errors import (
+    TargetError,
+    TargetTimeout,
+    TargetUnreachable,
+    TargetUnusable,
+)
+
+
+def classify(error: BaseException, upstream: Upstream, where: str) -> TargetError:
+    """The `TargetError` for `error`, raised by a request to the target at `where`."""
+    if isinstance(error, TargetError):
+        return error
+    if upstream.response_started:
+        return TargetUnusable(f"the target {where} broke off its response: {describe(error)}")
+    if upstream.head_received or isinstance(error, httputil.HTTPInputError):
+        return TargetUnusable(f"the target {where} sent a malformed HTTP response")
+    if isinstance(error, ssl.SSLError):
+        # A certificate or protocol mismatch is a configuration error;
+        # retrying cannot fix it. (A handshake that times out is not this.)
+        return TargetUnusable(f"TLS with the target {where} failed: {describe(error)}")
+    if not upstream.connected:
+        # Still finding or dialling the target: nothing reached it.
+        return TargetUnreachable(f"cannot connect to the target {where}: {describe(error)}")
+    if isinstance(error, (HTTPTimeoutError, TimeoutError)):
+        return TargetTimeout(f"the target {where} did not answer in time")
+    if isinstance(error, (OSError, StreamClosedError, HTTPClientError)):
+        # Connected, but closed or reset before any byte of an answer.
+        return TargetUnreachable(f"cannot connect to the target {where}: {describe(error)}")
+    return TargetUnusable(f"talking to the target {where} failed: {describe(error)}")
+
+
+def describe(error: BaseException) -> str:
+    """A short phrase for a low-level error, for messages a user reads."""
+    if isinstance(error, socket.gaierror):
+        return f"name lookup failed ({error.strerror or error})"
+    if isinstance(error, (HTTPTimeoutError, TimeoutError)):
+        # Tornado says which phase timed out ("while resolving", "during TLS handshake").
+        detail = str(error).removeprefix("Timeout").strip()
+        return f"timed out {detail}" if detail else "connection timed out"
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    if isinstance(error, HTTPClientError):
+        return error.message or str(error)
+    return str(error) or type(error).__name__
