@@ -60,6 +60,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             _run_serve(args)
     except KeyboardInterrupt:
         pass
+    except ImportError as e:
+        # A dependency missing or of the wrong version (foreman.target checks
+        # Tornado's internals it needs): one line, not a traceback.
+        print(f"foreman: cannot start: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 def _load(

@@ -3,8 +3,12 @@
 The poller fetches `/api/tags` once at start-up and then every poll
 interval. A failed poll keeps the last-known inventory and marks foreman
 degraded; the next good poll clears it. Polls never overlap: a periodic
-tick and any number of on-demand re-polls (a client asked for a model the
-inventory lacks) that arrive while a poll runs all share that poll.
+tick and any number of on-demand re-polls that arrive while a poll runs all
+share that poll.
+
+A client asking for a model the inventory lacks (a typo, in a loop) must
+not hammer the target: a miss re-polls only if the last poll ended more than
+`MISS_REPOLL_FLOOR` ago, and otherwise is answered from what that poll found.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+import time
 from collections.abc import Callable
 
 from tornado.ioloop import PeriodicCallback
@@ -21,10 +26,18 @@ from foreman.target import Target, TargetError, TargetUnusable
 
 log = logging.getLogger("foreman.inventory")
 
+# Seconds after a poll ends during which a miss is answered from it.
+MISS_REPOLL_FLOOR = 1.0
+
 
 class Inventory:
-    def __init__(self, target: Target, poll_interval: float) -> None:
+    def __init__(
+        self, target: Target, poll_interval: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._target = target
+        self._clock = clock
+        #: clock() when the last poll ended, or None before any
+        self._last_poll_ended: float | None = None
         self._interval = poll_interval
         self._timer: PeriodicCallback | None = None
         self._poll: asyncio.Future[bool] | None = None
@@ -40,6 +53,12 @@ class Inventory:
     @property
     def model_count(self) -> int:
         return len(self._names)
+
+    @property
+    def since_last_poll(self) -> float | None:
+        """Seconds since the last poll ended (None before any)."""
+        ended = self._last_poll_ended
+        return None if ended is None else self._clock() - ended
 
     def start(self) -> asyncio.Future[bool]:
         """Poll now, then every interval; returns the first poll."""
@@ -61,10 +80,13 @@ class Inventory:
         return canonical(name) in self._names
 
     async def find(self, name: str) -> bool:
-        """Whether the target has `name`, re-polling once on a miss."""
+        """Whether the target has `name`, re-polling on a miss unless a poll just ended."""
         if self.has(name):
             return True
-        await self.refresh()
+        if self._poll is not None and not self._poll.done():
+            await self._poll
+        elif (since := self.since_last_poll) is None or since > MISS_REPOLL_FLOOR:
+            await self.refresh()
         return self.has(name)
 
     def refresh(self) -> asyncio.Future[bool]:
@@ -94,6 +116,7 @@ class Inventory:
             return True
         finally:
             self.polls_tried += 1
+            self._last_poll_ended = self._clock()
 
     def _record_success(self, body: bytes, names: frozenset[str]) -> None:
         if self.degraded and self.polls_tried:

@@ -159,9 +159,14 @@ async def test_model_names_resolve_like_ollama(foreman, stub) -> None:
 
 
 async def test_model_pulled_after_start_is_found_by_repoll(foreman, stub) -> None:
+    from foreman.inventory import MISS_REPOLL_FLOOR
+
     await foreman.ready()
     polls = stub.tags_polls
     stub.models.append("fresh-model:latest")
+    # A miss right after a poll is answered from it; past the floor, it re-polls.
+    inventory = foreman.foreman.inventory
+    await until(lambda: inventory.since_last_poll > MISS_REPOLL_FLOOR)
     response = await foreman.fetch("/api/chat", method="POST", body=chat_body(model="fresh-model", stream=False))
     assert response.code == 200, response.body
     assert stub.tags_polls == polls + 1

@@ -115,19 +115,71 @@ async def test_healthz_fields_and_no_credentials(start_foreman, stub) -> None:
     assert body["last_poll"].endswith("Z")
 
 
-async def test_burst_of_misses_causes_one_poll(foreman, stub) -> None:
+async def test_misses_during_a_poll_wait_for_it_and_cause_no_other(foreman, stub) -> None:
     await foreman.ready()
     polls = stub.tags_polls
-    stub.tags_hold = asyncio.Event()  # the re-poll hangs until every miss has arrived
+    stub.tags_hold = asyncio.Event()  # the poll hangs until every miss has arrived
+    running = foreman.foreman.inventory.refresh()
+    await stub.wait_for(lambda: stub.tags_polls == polls + 1)
     body = {"model": "not-there", "messages": [{"role": "user", "content": "hi"}]}
     requests = [asyncio.ensure_future(foreman.fetch("/api/chat", method="POST", body=body)) for _ in range(20)]
-    await stub.wait_for(lambda: stub.tags_polls == polls + 1)
-    # Let all twenty reach foreman while the one re-poll is still running.
     await until(lambda: foreman.foreman.activity.in_flight == 20)
     stub.tags_hold.set()
     responses = await asyncio.gather(*requests)
+    assert await running is True
     assert {r.code for r in responses} == {404}
     assert stub.tags_polls == polls + 1
+
+
+async def test_a_client_looping_on_a_typo_does_not_hammer_the_target(foreman, stub) -> None:
+    """A miss re-polls only when the last poll ended over a second ago."""
+    import math
+    import time
+
+    await foreman.ready()
+    polls = stub.tags_polls
+    body = {"model": "lama3.2", "messages": [{"role": "user", "content": "hi"}]}
+    started = time.monotonic()
+    for _ in range(50):
+        assert (await foreman.fetch("/api/chat", method="POST", body=body)).code == 404
+    elapsed = time.monotonic() - started
+    # One poll per second at most (the poll foreman.ready() made counts as the first).
+    assert stub.tags_polls - polls <= math.floor(elapsed)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_miss_repoll_floor_on_a_simulated_clock(io_loop, stub) -> None:
+    from foreman.inventory import MISS_REPOLL_FLOOR, Inventory
+    from foreman.target import TargetClient
+
+    clock = Clock()
+    target = TargetClient(stub.url, None, stub.url)
+    inventory = Inventory(target, poll_interval=3600, clock=clock)
+    try:
+        assert await inventory.refresh() is True
+        polls = stub.tags_polls
+        # Twenty simultaneous misses just after a poll: answered from it.
+        assert not any(await asyncio.gather(*(inventory.find("ghost") for _ in range(20))))
+        assert stub.tags_polls == polls
+        # Fifty sequential misses within the floor: still no poll.
+        for _ in range(50):
+            clock.now += MISS_REPOLL_FLOOR / 100
+            assert await inventory.find("ghost") is False
+        assert stub.tags_polls == polls
+        # Past the floor, one miss re-polls, and a model the target gained is found.
+        clock.now += MISS_REPOLL_FLOOR + 0.01
+        stub.models.append("ghost:latest")
+        results = await asyncio.gather(*(inventory.find("ghost") for _ in range(20)))
+        assert all(results) and stub.tags_polls == polls + 1
+    finally:
+        target.close()
 
 
 async def test_periodic_poll_and_on_demand_poll_never_overlap(start_foreman, stub) -> None:

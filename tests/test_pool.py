@@ -6,6 +6,8 @@ import asyncio
 import json
 import logging
 
+import pytest
+
 from tests.helpers import StreamReader, ndjson, raw_post, serve_raw, until
 
 
@@ -99,3 +101,29 @@ async def test_many_streams_at_once_use_many_connections_then_reuse_them(start_f
     assert all(r.lines[-1]["done"] for r in readers)
     assert stub.connections == after_burst  # all twenty came from the pool
     await until(lambda: front.foreman.activity.in_flight == 0)
+
+
+async def test_connections_numbered_past_1024_are_still_reused(io_loop, stub) -> None:
+    """select() cannot watch descriptors >= 1024; a busy foreman's connections are there."""
+    import os
+    import resource
+
+    from foreman.target import TargetClient
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 1200 + 64
+    if hard != resource.RLIM_INFINITY and hard < wanted:
+        pytest.skip(f"the hard open-file limit ({hard}) is below {wanted}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, wanted), hard))
+    filler = [os.open(os.devnull, os.O_RDONLY) for _ in range(1200)]
+    target = TargetClient(stub.url, None, stub.url)
+    try:
+        for _ in range(3):
+            await target.fetch("/api/tags")
+        pool = target.pool
+        assert (pool.dialled, pool.reused) == (1, 2)
+    finally:
+        target.close()
+        for fd in filler:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

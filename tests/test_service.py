@@ -208,3 +208,27 @@ async def test_request_log_carries_the_final_chunks_stats(foreman, stub, caplog)
     assert record.eval_duration == final["eval_duration"]
     assert record.bytes == len(response.body)
     assert 0 <= record.ttfb_ms <= record.duration_ms
+
+
+async def test_times_in_the_request_log_survive_a_wall_clock_jump(foreman, stub, caplog, monkeypatch) -> None:
+    """Durations and time to first byte are read off one monotonic clock.
+
+    A Mac that wakes up or syncs its clock moves the wall clock; a request's
+    timings must not move with it.
+    """
+    import logging
+    import time
+
+    await foreman.ready()
+    real_time = time.time
+    stub.hold = asyncio.Event()
+    with caplog.at_level(logging.INFO, logger="foreman.access"):
+        answer = asyncio.ensure_future(foreman.fetch("/api/chat", method="POST", body=CHAT))
+        await stub.wait_for(lambda: stub.chats_started == 1)
+        # Between the request's arrival and its first byte, the clock leaps.
+        monkeypatch.setattr(time, "time", lambda: real_time() + 3600.0)
+        stub.hold.set()
+        response = await answer
+    assert response.code == 200
+    record = next(r for r in caplog.records if getattr(r, "path", None) == "/api/chat")
+    assert 0 <= record.ttfb_ms <= record.duration_ms < 60_000

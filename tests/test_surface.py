@@ -121,6 +121,45 @@ async def test_root_answers_while_the_target_is_down(foreman, stub) -> None:
         assert response.body == (b"Ollama is running" if method == "GET" else b"")
 
 
+async def test_root_is_relayed_as_asked_head_as_head_and_bytes_untouched(start_foreman) -> None:
+    """`HEAD /` reaches the target as HEAD, and `/`'s body is not inflated on the way."""
+    import gzip
+
+    from tests.helpers import serve_raw
+
+    compressed = gzip.compress(b"Ollama is running")
+    heads: list[bytes] = []
+
+    async def answer(head: bytes, writer: asyncio.StreamWriter) -> None:
+        heads.append(head)
+        if head.startswith(b"GET /api/tags"):
+            body = b'{"models":[]}'
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n")
+        else:
+            body = compressed
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                b"Content-Encoding: gzip\r\n"
+            )
+        writer.write(b"Content-Length: %d\r\n\r\n" % len(body))
+        if not head.startswith(b"HEAD"):
+            writer.write(body)
+        await writer.drain()
+
+    server, url = await serve_raw(answer)
+    front = start_foreman(url)
+    await front.ready()
+    headers = {"Accept-Encoding": "gzip"}
+    got = await front.fetch("/", headers=headers, decompress_response=False)
+    assert got.code == 200 and got.body == compressed
+    assert got.headers["Content-Encoding"] == "gzip"
+    head = await front.fetch("/", method="HEAD", headers=headers, decompress_response=False)
+    assert head.code == 200 and head.body == b""
+    asked = [h.split(b" ", 2)[:2] for h in heads if not h.startswith(b"GET /api/tags")]
+    assert asked == [[b"GET", b"/"], [b"HEAD", b"/"]]
+    server.close()
+
+
 async def test_generate_streams_chunk_by_chunk(foreman, stub) -> None:
     await foreman.ready()
     release = asyncio.Event()

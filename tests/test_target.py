@@ -7,6 +7,7 @@ import socket
 
 import pytest
 from tornado.httputil import HTTPHeaders
+from tornado.netutil import Resolver
 
 from foreman.target import (
     TargetClient,
@@ -63,10 +64,57 @@ async def test_refused_is_unreachable(io_loop) -> None:
         await relay(target)
 
 
+class FakeResolver(Resolver):
+    """Answers name lookups without asking any DNS server: fails, or never answers."""
+
+    def initialize(self, behaviour: str) -> None:  # Resolver is Configurable: no __init__
+        self.behaviour = behaviour
+        self.asked: list[str] = []
+
+    async def resolve(self, host, port, family=socket.AF_UNSPEC):
+        self.asked.append(host)
+        if self.behaviour == "fail":
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        await asyncio.Event().wait()  # a sleeping Mac's .local name: no answer at all
+
+
 async def test_name_lookup_failure_is_unreachable(io_loop) -> None:
-    target = client("http://foreman-test.invalid:11434")
+    resolver = FakeResolver("fail")
+    target = client("http://my-mac.local:11434", resolver=resolver)
     with pytest.raises(TargetUnreachable, match="name lookup failed"):
         await target.fetch("/api/tags")
+    with pytest.raises(TargetUnreachable, match="name lookup failed"):
+        await relay(target)
+    assert resolver.asked == ["my-mac.local", "my-mac.local"]
+
+
+async def test_name_lookup_timeout_is_unreachable_not_a_timeout(io_loop) -> None:
+    # Classified by the stage that failed: nothing was connected, so the
+    # queue may wait the target out (a 504 would give up on it).
+    target = client("http://my-mac.local:11434", resolver=FakeResolver("hang"), connect_timeout=0.3)
+    with pytest.raises(TargetUnreachable, match="resolving"):
+        await target.fetch("/api/tags")
+    with pytest.raises(TargetUnreachable, match="resolving"):
+        await relay(target)
+
+
+async def test_tls_handshake_timeout_is_unreachable_not_a_timeout(io_loop) -> None:
+    accepted = []
+
+    async def never_speaks_tls(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)  # keep the socket open, say nothing
+
+    server = await asyncio.start_server(never_speaks_tls, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    target = client(f"https://127.0.0.1:{port}", connect_timeout=0.3)
+    with pytest.raises(TargetUnreachable, match="TLS handshake"):
+        await target.fetch("/api/tags")
+    with pytest.raises(TargetUnreachable, match="TLS handshake"):
+        await relay(target)
+    assert accepted
+    for writer in accepted:
+        writer.close()
+    server.close()
 
 
 async def test_closed_before_any_response_is_unreachable(io_loop) -> None:

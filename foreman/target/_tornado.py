@@ -59,8 +59,8 @@ def _missing_names() -> list[str]:
 _MISSING = _missing_names()
 if _MISSING:
     raise IncompatibleTornado(
-        f"foreman was built for Tornado {BUILT_FOR} and cannot run on the installed Tornado "
-        f"{tornado.version}: it lacks {', '.join(_MISSING)}; install tornado>={BUILT_FOR},<7"
+        f"built for Tornado {BUILT_FOR}, but the installed Tornado {tornado.version} lacks "
+        f"{', '.join(_MISSING)}; install tornado>={BUILT_FOR},<7"
     )
 
 
