@@ -45,68 +45,33 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime
 import gc
 import os
-import platform
-import shlex
-import signal
-import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import replace
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import header
 import procs
-from scenarios import HERE, REPO, log
+from header import log
 from soak_churn import churn_section, run_churn
+from soak_foreman import Source
 from soak_phase import phase_section, run_phase
 from soak_settings import FULL, QUICK, Settings
 
 
-def header(command: str, s: Settings, quick: bool, rev: str | None, env: dict[str, str]) -> list[str]:
-    model = "?"
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "?")
-    except OSError:
-        pass
-    try:
-        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    except (ValueError, OSError):
-        memory = float("nan")
-    try:
-        import tornado
-
-        tornado_version = tornado.version
-    except ImportError:
-        tornado_version = "?"
-
-    def git(*args: str) -> str:
-        try:
-            done = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10, check=False)
-            return done.stdout.strip()
-        except (OSError, subprocess.TimeoutExpired):
-            return ""
-
-    if rev:
-        which = f"foreman/ as committed at {git('rev-parse', '--short', rev) or rev} (`--foreman-rev {rev}`)"
-    else:
-        dirty = git("status", "--porcelain", "--", "foreman")
-        which = f"the working tree at commit {git('rev-parse', '--short', 'HEAD') or '?'}" + (
-            ", **with uncommitted changes under foreman/**" if dirty else " (foreman/ clean)"
-        )
-    load1, load5, _ = os.getloadavg()
+def report_head(quick: bool, rev: str | None, env: dict[str, str]) -> list[str]:
+    m = header.machine()
     return [
         "# foreman soak: hundreds of streams and stalled connections",
         "",
-        f"- date: {datetime.datetime.now(datetime.UTC).strftime('%Y-%m-%d %H:%M UTC')}",
-        (f"- machine: {model}, {os.cpu_count()} cores, {memory:.0f} GiB RAM, Linux {platform.release()}; "
-        f"load average at start {load1:.2f} / {load5:.2f}"),
-        f"- Python {platform.python_version()}, Tornado {tornado_version}; foreman: {which}",
-        f"- command: `{command}`{' (smoke run)' if quick else ''}"
+        header.date_item(),
+        (f"- machine: {m.cpu}, {m.cores} cores, {m.memory_gib:.0f} GiB RAM, Linux {m.kernel}; "
+        f"load average at start {m.load1:.2f} / {m.load5:.2f}"),
+        f"- Python {m.python}, Tornado {m.tornado}; foreman: {header.foreman_under_test(rev, dirty_mark='**')}",
+        header.command_item(quick)
         + (f"; extra foreman environment: {', '.join(f'`{k}={v}`' for k, v in env.items())}" if env else ""),
         ("- target: bench/target.py (fast stand-in Ollama). Load generator, target and foreman share this "
         "machine's cores; everything on loopback. Figures are one run, not medians: read them as orders "
@@ -117,18 +82,13 @@ def header(command: str, s: Settings, quick: bool, rev: str | None, env: dict[st
     ]
 
 
-# ---------------------------------------------------------------- main
-
-
 async def run(args: argparse.Namespace, s: Settings, logdir: str, env: dict[str, str]) -> str:
-    command = shlex.join(["python", os.path.relpath(sys.argv[0], os.getcwd()), *sys.argv[1:]])
-    source = procs.export_foreman(args.foreman_rev, os.path.join(logdir, "src")) if args.foreman_rev else None
-    lines = header(command, s, args.quick, args.foreman_rev, env)
+    foreman_dir = procs.export_foreman(args.foreman_rev, os.path.join(logdir, "src")) if args.foreman_rev else None
+    lines = report_head(args.quick, args.foreman_rev, env)
     started = time.perf_counter()
-    target_port = procs.free_port()
-    target = procs.start_target(target_port, logdir)
+    target, target_port = await procs.start_target(logdir)
+    source = Source(target_port, logdir, foreman_dir, env)
     try:
-        await procs.wait_http_ready(target, target_port, "/api/tags")
         log(f"target on 127.0.0.1:{target_port}")
         for phase in s.phases:
             if args.only and phase.key not in args.only:
@@ -136,7 +96,7 @@ async def run(args: argparse.Namespace, s: Settings, logdir: str, env: dict[str,
             log(f"phase {phase.key}: {phase.title}")
             t = time.perf_counter()
             try:
-                out = await asyncio.wait_for(run_phase(phase, s, target_port, logdir, source, env), s.hold + 240)
+                out = await asyncio.wait_for(run_phase(phase, s, source), s.hold + 240)
             except TimeoutError:
                 lines += [f"## Phase `{phase.key}`", "", "**Did not finish within its time limit.**", ""]
                 log(f"  phase {phase.key} did not finish in time")
@@ -149,7 +109,7 @@ async def run(args: argparse.Namespace, s: Settings, logdir: str, env: dict[str,
             log("phase churn: stalled connections opened and closed, round after round")
             t = time.perf_counter()
             try:
-                churned = await asyncio.wait_for(run_churn(s, target_port, logdir, source, env), 180)
+                churned = await asyncio.wait_for(run_churn(s, source), 180)
             except TimeoutError:
                 lines += ["## Churn", "", "**Did not finish within its time limit.**", ""]
             else:
@@ -181,7 +141,9 @@ def main() -> None:
         "--env", action="append", default=[], metavar="FOREMAN_X=VALUE",
         help="extra environment for foreman (repeatable), e.g. FOREMAN_CLIENT_TIMEOUT=10s",
     )
-    parser.add_argument("--output", default=os.path.join(HERE, "soak-results.md"), help="where to write the report")
+    parser.add_argument(
+        "--output", default=os.path.join(procs.BENCH, "soak-results.md"), help="where to write the report"
+    )
     args = parser.parse_args()
     s = QUICK if args.quick else FULL
     if args.hold is not None:
@@ -194,29 +156,11 @@ def main() -> None:
         if not sep or not name.startswith("FOREMAN_"):
             parser.error(f"--env wants FOREMAN_NAME=VALUE, not {item!r}")
         env[name] = value
-    procs.raise_open_file_limit()
-
-    def on_sigterm(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_sigterm)
+    # The load generator's long-lived objects out of the collector's way: fewer pauses in the figures.
     gc.collect()
     gc.freeze()
-    with tempfile.TemporaryDirectory(prefix="foreman-soak-") as logdir:
-        try:
-            report = asyncio.run(run(args, s, logdir, env))
-        except procs.StartError as e:
-            print(f"soak: {e}", file=sys.stderr)
-            raise SystemExit(1) from None
-        except KeyboardInterrupt:
-            print("soak: interrupted; child processes stopped", file=sys.stderr)
-            raise SystemExit(130) from None
-        finally:
-            procs.stop_all()
-    print(report)
-    with open(args.output, "w") as f:
-        f.write(report + "\n")
-    log(f"written to {os.path.relpath(args.output)}")
+    text = procs.run_with_children("soak", lambda logdir: run(args, s, logdir, env))
+    header.publish(text, args.output)
 
 
 if __name__ == "__main__":

@@ -5,29 +5,26 @@ from __future__ import annotations
 import asyncio
 
 import procs
-from scenarios import health, log
-from soak_foreman import exit_text, log_summary, mib, sigterm_exit, warm_up
-from soak_settings import KIND_NAMES, MAX_QUEUE, Settings
+import soak_foreman
+from api import health
+from header import log
+from soak_foreman import Source, exit_text, log_summary, mib
+from soak_settings import KIND_NAMES, Settings
 from soak_stalls import open_stalls
 
 
-async def run_churn(s: Settings, target_port: int, logdir: str, source: str | None, env: dict[str, str]) -> dict:
+async def run_churn(s: Settings, source: Source) -> dict:
     """Open and close stalled connections of one kind, round after round: does RSS stay flat?
 
     One foreman (FOREMAN_CONCURRENCY=1000). Per kind: one round to settle, then
     `churn_rounds` rounds of `count` connections opened, held 0.5 s, closed.
     Memory that each such connection leaves behind shows as RSS growing with the rounds.
     """
-    port = procs.free_port()
-    child = procs.start_foreman("foreman-churn", port, target_port, logdir, 1000, MAX_QUEUE, source, env)
+    child, port = await soak_foreman.start("foreman-churn", 1000, source)
     out: dict = {"kinds": []}
     try:
-        await procs.wait_http_ready(child, port, "/healthz")
         pid = child.pid
-        out["warmup_errors"] = await warm_up(port, s)
-        await asyncio.sleep(1.0)
-        out["baseline_rss"] = procs.rss_kib([pid])
-        out["baseline_fds"] = procs.open_fds(pid)
+        out["warmup_errors"], out["baseline_rss"], out["baseline_fds"] = await soak_foreman.baseline(child, port, s)
 
         async def one_round(kind: str, count: int) -> int:
             group, failed = await open_stalls(kind, count, port)
@@ -62,7 +59,7 @@ async def run_churn(s: Settings, target_port: int, logdir: str, source: str | No
             log(f"  churn ({kind}): {total} connections, RSS {before / 1024:.1f} -> {after / 1024:.1f} MiB")
         out["rss_end"] = procs.rss_kib([pid])
         out["fds_end"] = procs.open_fds(pid)
-        out["exit_after_sigterm"] = await sigterm_exit(child, s.sigterm_wait)
+        out["exit_after_sigterm"] = await soak_foreman.sigterm_exit(child, s.sigterm_wait)
     finally:
         child.stop()
         out["log"] = child.log_text()

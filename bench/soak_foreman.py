@@ -1,4 +1,4 @@
-"""The foreman under soak: warmed up, stopped by SIGTERM; its log summed up."""
+"""The foreman under soak: started fresh per phase, warmed up, measured at rest, stopped by SIGTERM; its log summed up."""
 
 from __future__ import annotations
 
@@ -7,13 +7,37 @@ import collections
 import re
 import signal
 import time
+from dataclasses import dataclass
 
 import load
 import procs
-from scenarios import TINY, stream_body
-from soak_settings import Settings
+from api import TINY, stream_body
+from soak_settings import MAX_QUEUE, Settings
 
 RECORD_START = re.compile(r"^(\d{4}-\d\d-\d\d[ T][\d:,.]+ ?|\{)")
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where every phase's foreman comes from and what it runs against."""
+
+    target_port: int
+    logdir: str
+    foreman_dir: str | None  # a directory holding foreman/ (`--foreman-rev`), or None: the working tree
+    env: dict[str, str]  # `--env`, over the soak's own settings
+
+
+async def start(name: str, concurrency: int, source: Source) -> tuple[procs.Child, int]:
+    return await procs.start_foreman(
+        name, source.target_port, source.logdir, concurrency, MAX_QUEUE, source.foreman_dir, source.env
+    )
+
+
+async def baseline(child: procs.Child, port: int, s: Settings) -> tuple[int, int, int]:
+    """Warm up, let it settle for a second; the warm-up's errors, then foreman's RSS (KiB) and open fds."""
+    errors = await warm_up(port, s)
+    await asyncio.sleep(1.0)
+    return errors, procs.rss_kib([child.pid]), procs.open_fds(child.pid)
 
 
 async def warm_up(port: int, s: Settings) -> int:

@@ -12,30 +12,25 @@ import asyncio
 import time
 
 import procs
-from scenarios import log
-from soak_foreman import exit_text, log_summary, mib, sigterm_exit, warm_up
+import soak_foreman
+from api import wait_until
+from header import log
+from soak_foreman import Source, exit_text, log_summary, mib
 from soak_settings import KINDS, MAX_QUEUE, PROBE_EVERY, SAMPLE_EVERY, Phase, Settings
 from soak_stalls import Stall, all_settled, open_stalls, stall_rows
 from soak_streams import run_streams
 from soak_watch import Prober, Sampler, Timeline, latency_rows, rss_at
 
 
-async def run_phase(phase: Phase, s: Settings, target_port: int, logdir: str, source: str | None, env: dict[str, str]) -> dict:
-    port = procs.free_port()
-    child = procs.start_foreman(
-        f"foreman-{phase.key}", port, target_port, logdir, phase.concurrency, MAX_QUEUE, source, env
-    )
+async def run_phase(phase: Phase, s: Settings, source: Source) -> dict:
+    child, port = await soak_foreman.start(f"foreman-{phase.key}", phase.concurrency, source)
     stalls: dict[str, list[Stall]] = {kind: [] for kind in KINDS}
     out: dict = {"phase": phase}
     sampler: Sampler | None = None
     prober: Prober | None = None
     try:
-        await procs.wait_http_ready(child, port, "/healthz")
         pid = child.pid
-        out["warmup_errors"] = await warm_up(port, s)
-        await asyncio.sleep(1.0)
-        out["baseline_rss"] = procs.rss_kib([pid])
-        out["baseline_fds"] = procs.open_fds(pid)
+        out["warmup_errors"], out["baseline_rss"], out["baseline_fds"] = await soak_foreman.baseline(child, port, s)
         log(f"  baseline RSS {out['baseline_rss'] / 1024:.1f} MiB, {out['baseline_fds']} fds")
 
         timeline = Timeline(time.monotonic())
@@ -58,7 +53,7 @@ async def run_phase(phase: Phase, s: Settings, target_port: int, logdir: str, so
             q = sampler.queue_now() if sampler else None
             return q is not None and q[1] >= held
 
-        await wait_until(slots_held, 15)
+        await wait_until(slots_held, 15, step=0.1)
         await asyncio.sleep(1.0)
         out["rss_stalled_before_streams"] = procs.rss_kib([pid])
 
@@ -93,7 +88,7 @@ async def run_phase(phase: Phase, s: Settings, target_port: int, logdir: str, so
             if st.transport is not None and st.closed_at is None:
                 st.transport.resume_reading()
         if stalls["c"]:
-            await wait_until(lambda: all_settled(stalls["c"]), 2.0)
+            await wait_until(lambda: all_settled(stalls["c"]), 2.0, step=0.1)
         out["drain_eof"] = sum(1 for st in stalls["c"] if st.closed_at is not None)
         out["drain_complete"] = sum(1 for st in stalls["c"] if st.closed_at is None and st.answer_complete)
 
@@ -109,7 +104,7 @@ async def run_phase(phase: Phase, s: Settings, target_port: int, logdir: str, so
             q = sampler.queue_now() if sampler else None
             return q is not None and q == (0, 0) and timeline.queue[-1][0] > closed_at
 
-        await wait_until(queue_empty, s.after)
+        await wait_until(queue_empty, s.after, step=0.1)
         rest = closed_at + s.after - timeline.now()
         if rest > 0:
             await asyncio.sleep(rest)
@@ -120,7 +115,7 @@ async def run_phase(phase: Phase, s: Settings, target_port: int, logdir: str, so
         sampler = None
         out["stalls"] = stalls
         out["probes"] = prober.results
-        out["exit_after_sigterm"] = await sigterm_exit(child, s.sigterm_wait)
+        out["exit_after_sigterm"] = await soak_foreman.sigterm_exit(child, s.sigterm_wait)
     finally:
         for kind in KINDS:
             for st in stalls[kind]:
@@ -133,18 +128,6 @@ async def run_phase(phase: Phase, s: Settings, target_port: int, logdir: str, so
         out["log"] = child.log_text()
         out["exit_code"] = child.popen.returncode
     return out
-
-
-async def wait_until(check, seconds: float, step: float = 0.1) -> bool:
-    deadline = time.monotonic() + seconds
-    for _ in range(int(seconds / step) + 2):
-        if await check():
-            return True
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return False
-        await asyncio.sleep(min(step, left))
-    return False
 
 
 def phase_section(out: dict, s: Settings) -> list[str]:

@@ -16,7 +16,7 @@ import time
 
 import load
 import procs
-from scenarios import stream_body
+from api import stream_body
 from soak_settings import (
     BODY_PROMISED,
     KIND_NAMES,

@@ -9,7 +9,7 @@ import statistics
 import time
 
 import load
-from scenarios import stream_body
+from api import stream_body
 from soak_settings import Phase
 from soak_watch import Timeline
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import load
 import procs
-from scenarios import TINY, health
+from api import TINY, health
 from soak_settings import HEALTH_EVERY, PROBE_EVERY, SAMPLE_EVERY
 
 
