@@ -1,9 +1,11 @@
-"""Child processes for the benchmark, and what /proc says about them.
+"""Child processes for the benchmarks (run.py, soak.py, queue_cost.py), and what /proc says about them.
 
-Every process the benchmark starts is registered here and killed on exit
+Every process a benchmark starts is registered here and killed on exit
 (normal end, exception, Ctrl-C, SIGTERM), with its process group, so nginx's
 worker goes too. Children get their own session so that Ctrl-C in a terminal
-reaches only the benchmark, which then stops them itself.
+reaches only the benchmark, which then stops them itself. `run_with_children`
+is the frame every benchmark's main runs in; the `start_*` functions start a
+server on a free loopback port and return once it answers.
 """
 
 from __future__ import annotations
@@ -13,21 +15,24 @@ import atexit
 import ctypes
 import os
 import resource
-import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, TypeVar
 
 HOST = "127.0.0.1"
+BENCH = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(BENCH)
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
 _PR_SET_PDEATHSIG = 1
 
 _children: list[Child] = []
+T = TypeVar("T")
 
 
 def raise_open_file_limit() -> None:
@@ -261,21 +266,39 @@ async def wait_http_ready(child: Child, port: int, path: str, timeout: float = 3
     raise StartError(f"{child.name} did not answer 200 on {path} within {timeout:g}s ({last}); output:\n{child.log_tail()}")
 
 
-# ---------------------------------------------------------------- the three servers
+async def answering(child: Child, port: int, path: str) -> tuple[Child, int]:
+    """The child and its port once `GET path` answers 200; a child that never does is stopped."""
+    try:
+        await wait_http_ready(child, port, path)
+    except BaseException:
+        child.stop()
+        raise
+    return child, port
 
 
-def start_target(port: int, logdir: str) -> Child:
-    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "target.py")
-    return Child("target", [sys.executable, script, "--port", str(port)], dict(os.environ), logdir)
+# ---------------------------------------------------------------- the servers
+
+
+async def start_target(logdir: str) -> tuple[Child, int]:
+    """bench/target.py, the fast stand-in Ollama, on a free port."""
+    port = free_port()
+    argv = [sys.executable, os.path.join(BENCH, "target.py"), "--port", str(port)]
+    return await answering(Child("target", argv, dict(os.environ), logdir), port, "/api/tags")
+
+
+async def start_stub(logdir: str, chunk_delay: float, port: int | None = None) -> tuple[Child, int]:
+    """`foreman stub`, the package's own stand-in Ollama, pausing `chunk_delay` s between streamed chunks."""
+    port = port or free_port()
+    argv = [sys.executable, "-m", "foreman", "stub", "--listen", f"{HOST}:{port}", "--chunk-delay", str(chunk_delay)]
+    return await answering(Child("stub", argv, dict(os.environ), logdir, cwd=REPO), port, "/api/tags")
 
 
 def export_foreman(rev: str, into: str) -> str:
     """Check out foreman/ at git revision `rev` into a directory; returns that directory."""
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     os.makedirs(into, exist_ok=True)
     try:
         archive = subprocess.run(
-            ["git", "-C", repo, "archive", rev, "foreman"], capture_output=True, timeout=60, check=True
+            ["git", "-C", REPO, "archive", rev, "foreman"], capture_output=True, timeout=60, check=True
         )
         subprocess.run(["tar", "-x", "-C", into], input=archive.stdout, capture_output=True, timeout=60, check=True)
     except (OSError, subprocess.SubprocessError) as e:
@@ -284,20 +307,21 @@ def export_foreman(rev: str, into: str) -> str:
     return into
 
 
-def start_foreman(
+async def start_foreman(
     name: str,
-    port: int,
     target_port: int,
     logdir: str,
     concurrency: int,
     max_queue: int,
     source: str | None = None,
     extra_env: dict[str, str] | None = None,
-) -> Child:
-    """`python -m foreman`, run from `source` (a directory holding foreman/) or the working tree.
+) -> tuple[Child, int]:
+    """`python -m foreman` on a free port, run from `source` (a directory holding foreman/) or the working tree.
 
-    `extra_env` (e.g. FOREMAN_CLIENT_TIMEOUT) is applied last, over the settings here.
+    Returns once /healthz answers 200 (foreman has polled the target). `extra_env`
+    (e.g. FOREMAN_CLIENT_TIMEOUT) is applied last, over the settings here.
     """
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("FOREMAN_")}
     env.update(
         FOREMAN_OLLAMA_URL=f"http://{HOST}:{target_port}",
@@ -308,101 +332,35 @@ def start_foreman(
         FOREMAN_MAX_QUEUE=str(max_queue),
     )
     env.update(extra_env or {})
-    cwd = source or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     # `python -m` puts the working directory first on sys.path: that foreman/ wins over any installed one.
-    return Child(name, [sys.executable, "-m", "foreman"], env, logdir, cwd=cwd)
+    child = Child(name, [sys.executable, "-m", "foreman"], env, logdir, cwd=source or REPO)
+    return await answering(child, port, "/healthz")
 
 
-NGINX_CONF = """\
-worker_processes 1;
-worker_rlimit_nofile 16384;
-pid {tmp}/nginx.pid;
-error_log {tmp}/nginx-error.log warn;
-events {{ worker_connections 8192; }}
-http {{
-    access_log off;
-    client_body_temp_path {tmp}/client_body;
-    proxy_temp_path {tmp}/proxy;
-    fastcgi_temp_path {tmp}/fastcgi;
-    uwsgi_temp_path {tmp}/uwsgi;
-    scgi_temp_path {tmp}/scgi;
-    keepalive_requests 1000000;
-    keepalive_timeout 3600s;
-    upstream target {{
-        server {host}:{target_port};
-        keepalive 64;
-        keepalive_requests 1000000;
-    }}
-    server {{
-        listen {host}:{port};
-        location / {{
-            proxy_pass http://target;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_buffering off;
-            proxy_read_timeout 3600s;
-        }}
-    }}
-}}
-"""
+# ---------------------------------------------------------------- the frame of a benchmark
 
 
-def start_nginx(nginx: str, port: int, target_port: int, logdir: str) -> Child:
-    prefix = tempfile.mkdtemp(prefix="nginx-", dir=logdir)
-    conf = os.path.join(prefix, "nginx.conf")
-    with open(conf, "w") as f:
-        f.write(NGINX_CONF.format(tmp=prefix, host=HOST, port=port, target_port=target_port))
-    argv = [nginx, "-p", prefix, "-c", conf, "-e", os.path.join(prefix, "nginx-error.log"), "-g", "daemon off;"]
-    return Child("nginx", argv, dict(os.environ), logdir)
+def run_with_children(label: str, main: Callable[[str], Coroutine[Any, Any, T]]) -> T:
+    """`main(logdir)` in a fresh event loop, with a temporary directory for the children's logs.
 
+    Every child is stopped at the end, however it comes. SIGTERM is taken as
+    Ctrl-C (exit 130); a child that does not start ends the run with one line
+    on stderr and exit 1.
+    """
+    raise_open_file_limit()
 
-def nginx_version(nginx: str) -> str:
-    try:
-        out = subprocess.run([nginx, "-v"], capture_output=True, text=True, timeout=10, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return "?"
-    return (out.stderr or out.stdout).strip().rpartition("/")[2] or "?"
+    def on_sigterm(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
 
-
-def find_or_install_nginx(log: list[str]) -> str | None:
-    """The nginx binary, installing the Debian package if needed; None (with a note in `log`) if impossible."""
-    found = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.access(p, os.X_OK)), None)
-    if found:
-        return found
-    if not shutil.which("apt-get"):
-        log.append("nginx is not installed and apt-get is not available: nginx skipped")
-        return None
-    if os.geteuid() != 0:
-        log.append("nginx is not installed and installing it needs root (apt-get install nginx-light): nginx skipped")
-        return None
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    # Never let the package start a system nginx (it would listen on all addresses).
-    guard = "/usr/sbin/policy-rc.d"
-    made_guard = False
-    if not os.path.exists(guard):
-        with open(guard, "w") as f:
-            f.write("#!/bin/sh\nexit 101\n")
-        os.chmod(guard, 0o755)
-        made_guard = True
-    try:
-        def apt(*args: str) -> bool:
-            try:
-                done = subprocess.run(["apt-get", *args], env=env, capture_output=True, timeout=600, check=False)
-                return done.returncode == 0
-            except (OSError, subprocess.TimeoutExpired):
-                return False
-
-        print("nginx not found: installing it with apt-get ...", file=sys.stderr, flush=True)
-        ok = apt("install", "-y", "nginx-light") or apt("install", "-y", "nginx")
-        if not ok:
-            apt("update")
-            ok = apt("install", "-y", "nginx-light") or apt("install", "-y", "nginx")
-    finally:
-        if made_guard:
-            os.unlink(guard)
-    found = shutil.which("nginx") or ("/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK) else None)
-    if not ok or not found:
-        log.append("nginx is not installed and apt-get could not install nginx-light or nginx: nginx skipped")
-        return None
-    log.append("nginx was installed by this run (apt-get install nginx-light)")
-    return found
+    signal.signal(signal.SIGTERM, on_sigterm)
+    with tempfile.TemporaryDirectory(prefix=f"foreman-{label}-") as logdir:
+        try:
+            return asyncio.run(main(logdir))
+        except StartError as e:
+            print(f"{label}: {e}", file=sys.stderr)
+            raise SystemExit(1) from None
+        except KeyboardInterrupt:
+            print(f"{label}: interrupted; child processes stopped", file=sys.stderr)
+            raise SystemExit(130) from None
+        finally:
+            stop_all()

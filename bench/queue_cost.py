@@ -17,16 +17,17 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import platform
 import random
-import signal
-import socket
 import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from foreman.queue import FairQueue  # noqa: E402
+
+import header  # noqa: E402
+import procs  # noqa: E402
+from api import health  # noqa: E402
 
 CHAT = {"model": "llama3.2", "stream": False, "messages": [{"role": "user", "content": "hi"}]}
 
@@ -45,40 +46,6 @@ async def queue_alone(requests: int = 20_000, clients: int = 100) -> float:
     return (time.process_time() - start) / requests
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
-
-
-async def start(argv: list[str], env: dict[str, str], ready: str) -> asyncio.subprocess.Process:
-    process = await asyncio.create_subprocess_exec(
-        *argv, env=env, stderr=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL
-    )
-    assert process.stderr is not None
-    while True:
-        line = (await asyncio.wait_for(process.stderr.readline(), 30)).decode()
-        if not line:
-            raise RuntimeError(f"{argv} exited before it was ready")
-        if ready in line:
-            break
-    asyncio.ensure_future(drain(process.stderr))
-    return process
-
-
-async def drain(stream: asyncio.StreamReader) -> None:
-    while await stream.readline():
-        pass
-
-
 async def post(port: int, body: dict) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     payload = json.dumps(body).encode()
@@ -94,84 +61,52 @@ async def read_response(reader: asyncio.StreamReader) -> int:
     return int(head.split()[1])
 
 
-async def health(port: int) -> dict:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-    data = await reader.read()
-    writer.close()
-    return json.loads(data.split(b"\r\n\r\n", 1)[1])
-
-
-async def through_foreman(waiting: int = 1000) -> tuple[float, float, float]:
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    stub_port, port = free_port(), free_port()
+async def through_foreman(logdir: str, waiting: int = 1000) -> tuple[float, float, float]:
     # A long pause per chunk keeps the first generation at the target while the rest wait.
-    stub = await start(
-        [sys.executable, "-m", "foreman", "stub", "--listen", f"127.0.0.1:{stub_port}", "--chunk-delay", "3600"],
-        env, "listening",
+    stub, stub_port = await procs.start_stub(logdir, chunk_delay=3600)
+    # foreman's own defaults but for the queue's length: concurrency 1, log level info, poll every 30 s.
+    foreman, port = await procs.start_foreman(
+        "foreman", stub_port, logdir, concurrency=1, max_queue=waiting + 10,
+        extra_env={"FOREMAN_LOG_LEVEL": "info", "FOREMAN_POLL_INTERVAL": "30s"},
     )
-    foreman_env = dict(
-        env,
-        FOREMAN_OLLAMA_URL=f"http://127.0.0.1:{stub_port}",
-        FOREMAN_LISTEN=f"127.0.0.1:{port}",
-        FOREMAN_MAX_QUEUE=str(waiting + 10),
-    )
-    foreman = await start([sys.executable, "-m", "foreman"], foreman_env, "foreman listening")
     try:
-        while True:
-            try:
-                if not (await health(port))["degraded"]:
-                    break
-            except OSError:
-                pass
-            await asyncio.sleep(0.1)
-        baseline = rss_kib(foreman.pid)
+        baseline = procs.rss_kib([foreman.pid])
         connections = [await post(port, CHAT)]
         connections += await asyncio.gather(*(post(port, CHAT) for _ in range(waiting)))
         while (await health(port))["queue"]["waiting"] < waiting:
             await asyncio.sleep(0.05)
-        loaded = rss_kib(foreman.pid)
+        loaded = procs.rss_kib([foreman.pid])
         for _, writer in connections:
             writer.close()
         while (await health(port))["queue"]["waiting"] or (await health(port))["queue"]["in_flight"]:
             await asyncio.sleep(0.05)
     finally:
-        stub.send_signal(signal.SIGTERM)
-        await stub.wait()
+        stub.stop()
 
     # Same foreman, a target that answers at once: time per queued request.
-    stub = await start(
-        [sys.executable, "-m", "foreman", "stub", "--listen", f"127.0.0.1:{stub_port}", "--chunk-delay", "0"],
-        env, "listening",
-    )
+    stub, _ = await procs.start_stub(logdir, chunk_delay=0, port=stub_port)
     try:
-        cpu_before = cpu_seconds(foreman.pid)
+        cpu_before = procs.stat_cpu_seconds(foreman.pid)
         start_time = time.perf_counter()
         connections = await asyncio.gather(*(post(port, CHAT) for _ in range(waiting)))
         codes = await asyncio.gather(*(read_response(reader) for reader, _ in connections))
         elapsed = time.perf_counter() - start_time
-        cpu = cpu_seconds(foreman.pid) - cpu_before
+        cpu = procs.stat_cpu_seconds(foreman.pid) - cpu_before
         assert codes == [200] * waiting, set(codes)
         for _, writer in connections:
             writer.close()
     finally:
         for process in (foreman, stub):
-            process.send_signal(signal.SIGTERM)
-            await process.wait()
+            process.stop()
     return (loaded - baseline) / waiting, elapsed / waiting, cpu / waiting
 
 
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-async def main() -> None:
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
+async def main(logdir: str) -> None:
+    m = header.machine()
+    print(f"machine: {m.cpu}, {m.cores} cores, Python {m.python}")
     per_dispatch = await queue_alone()
     print(f"FairQueue alone: {per_dispatch * 1e6:.1f} µs CPU per admit+turn+done (20,000 requests, 100 clients)")
-    kib_per_waiter, wall_per_request, cpu_per_request = await through_foreman()
+    kib_per_waiter, wall_per_request, cpu_per_request = await through_foreman(logdir)
     print(f"foreman process: {kib_per_waiter:.1f} KiB RSS per waiting request (1,000 waiting)")
     print(
         f"foreman process: {wall_per_request * 1e3:.2f} ms wall, {cpu_per_request * 1e3:.2f} ms foreman CPU "
@@ -180,4 +115,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    procs.run_with_children("queue_cost", main)

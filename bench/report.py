@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import datetime
 import json
 import math
-import os
-import platform
 import statistics
-import subprocess
 
+import header
 import procs
-from scenarios import MODES, REPO, Rig, Settings
+from nginx import nginx_version
+from scenarios import MODES, Rig, Settings
 
 # ---------------------------------------------------------------- aggregation
 
@@ -261,49 +259,18 @@ def report_s4(
     )
 
 
-def machine_header(command: str, nginx: str | None, s: Settings, quick: bool, rev: str | None) -> list[str]:
-    model = "?"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    try:
-        import tornado
-
-        tornado_version = tornado.version
-    except ImportError:
-        tornado_version = "not importable here"
-
-    def git(*args: str) -> str:
-        try:
-            done = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10, check=False)
-            return done.stdout.strip()
-        except (OSError, subprocess.TimeoutExpired):
-            return ""
-
-    if rev:
-        which = f"foreman/ as committed at {git('rev-parse', '--short', rev) or rev} (`--foreman-rev {rev}`)"
-    else:
-        commit = git("rev-parse", "--short", "HEAD") or "?"
-        dirty = git("status", "--porcelain", "--", "foreman")
-        which = f"the working tree at commit {commit}" + (
-            ", with uncommitted changes under foreman/" if dirty else " (foreman/ clean)"
-        )
-    load1, load5, _ = os.getloadavg()
+def machine_header(nginx: str | None, s: Settings, quick: bool, rev: str | None) -> list[str]:
+    m = header.machine()
     return [
         "# foreman benchmarks: direct vs nginx vs foreman",
         "",
-        f"- date: {datetime.datetime.now(datetime.UTC).strftime('%Y-%m-%d %H:%M UTC')}",
-        (f"- machine: {model}, {os.cpu_count()} cores, Linux {platform.release()}; load average at start "
-        f"{load1:.2f} / {load5:.2f} (1 / 5 min)"),
-        (f"- Python {platform.python_version()}, Tornado {tornado_version}, "
-        f"nginx {procs.nginx_version(nginx) if nginx else 'skipped'}"),
-        f"- foreman: {which}",
-        f"- command: `{command}`{' (smoke run)' if quick else ''}",
+        header.date_item(),
+        (f"- machine: {m.cpu}, {m.cores} cores, Linux {m.kernel}; load average at start "
+        f"{m.load1:.2f} / {m.load5:.2f} (1 / 5 min)"),
+        (f"- Python {m.python}, Tornado {m.tornado}, "
+        f"nginx {nginx_version(nginx) if nginx else 'skipped'}"),
+        f"- foreman: {header.foreman_under_test(rev)}",
+        header.command_item(quick),
         f"- {s.rounds} rounds; in each round every scenario runs direct, nginx and foreman one after the other, "
         "the order rotating by round; figures are medians across rounds (an *added* figure is the median of "
         "the per-round differences from direct). CPU from "

@@ -26,32 +26,29 @@ goes to stderr.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import functools
 import gc
 import os
-import shlex
-import signal
 import sys
-import tempfile
 import time
 from collections.abc import Awaitable
 from dataclasses import replace
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import header
+import nginx
 import procs
 import report
+from header import log
 from scenarios import (
     FULL,
-    HERE,
     QUICK,
     Rig,
     Settings,
     bounded,
     brief,
     interleave,
-    log,
     s1_run,
     s2_run,
     s3_run,
@@ -63,17 +60,16 @@ from scenarios import (
 async def run(args: argparse.Namespace, settings: Settings, logdir: str) -> str:
     notes: list[str] = []
     if args.skip_nginx:
-        nginx = None
+        nginx_bin = None
         notes.append("nginx skipped (--skip-nginx)")
     else:
-        nginx = procs.find_or_install_nginx(notes)
-    nginx_note = "skipped" if nginx is None else ""
+        nginx_bin = nginx.find_or_install_nginx(notes)
+    nginx_note = "skipped" if nginx_bin is None else ""
     for note in notes:
         log(note)
-    command = shlex.join(["python", os.path.relpath(sys.argv[0], os.getcwd()), *sys.argv[1:]])
     source = procs.export_foreman(args.foreman_rev, os.path.join(logdir, "src")) if args.foreman_rev else None
-    header = report.machine_header(command, nginx, settings, args.quick, args.foreman_rev)
-    rig = Rig(logdir, nginx, notes, source)
+    head = report.machine_header(nginx_bin, settings, args.quick, args.foreman_rev)
+    rig = Rig(logdir, nginx_bin, notes, source)
     s = settings
     sections: list[str] = []
     started = time.perf_counter()
@@ -119,7 +115,7 @@ async def run(args: argparse.Namespace, settings: Settings, logdir: str) -> str:
                         limit,
                         warmup=functools.partial(s3_warmup, rig, spread),
                     )
-                rss3: dict[str, float | None] = {mode: procs.peak_rss_kib(rig.pids(mode)) * 1.024 / 1000 for mode in rig.proxies}
+                rss3 = rig.peak_rss_mb()
             finally:
                 rig.stop_proxies("S3")
             sections.append(report.report_s3(variants, rss3, rig.modes, nginx_note, s))
@@ -133,7 +129,7 @@ async def run(args: argparse.Namespace, settings: Settings, logdir: str) -> str:
                     rig, "S4", s.rounds, lambda m: s4_run(rig, m, s.s4_requests, s.s4_connections), 300,
                     warmup=lambda m: s4_run(rig, m, 100, 10),
                 )
-                rss4: dict[str, float | None] = {mode: procs.peak_rss_kib(rig.pids(mode)) * 1.024 / 1000 for mode in rig.proxies}
+                rss4 = rig.peak_rss_mb()
             finally:
                 rig.stop_proxies("S4")
             for r in range(s.rounds):
@@ -149,7 +145,7 @@ async def run(args: argparse.Namespace, settings: Settings, logdir: str) -> str:
         if rig.target is not None:
             rig.target.stop()
     total = time.perf_counter() - started
-    return "\n".join(header + [""] + report.notes_section(notes) + report.sections_joined(sections) + report.timing(rig, total) + report.logs_section(rig))
+    return "\n".join(head + [""] + report.notes_section(notes) + report.sections_joined(sections) + report.timing(rig, total) + report.logs_section(rig))
 
 
 def s3_fan_in(rig: Rig, s: Settings, spread: bool, mode: str) -> Awaitable[dict]:
@@ -171,34 +167,16 @@ def main() -> None:
         help="benchmark foreman/ as committed at this git revision (e.g. HEAD) instead of the working tree",
     )
     parser.add_argument("--skip-nginx", action="store_true", help="do not run (or install) nginx")
-    parser.add_argument("--output", default=os.path.join(HERE, "results.md"), help="where to write the report")
+    parser.add_argument("--output", default=os.path.join(procs.BENCH, "results.md"), help="where to write the report")
     args = parser.parse_args()
     settings = QUICK if args.quick else FULL
     if args.rounds:
         settings = replace(settings, rounds=max(1, args.rounds))
-    procs.raise_open_file_limit()
-
-    def on_sigterm(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_sigterm)
+    # The load generator's long-lived objects out of the collector's way: fewer pauses in the figures.
     gc.collect()
     gc.freeze()
-    with tempfile.TemporaryDirectory(prefix="foreman-bench-") as logdir:
-        try:
-            report = asyncio.run(run(args, settings, logdir))
-        except procs.StartError as e:
-            print(f"bench: {e}", file=sys.stderr)
-            raise SystemExit(1) from None
-        except KeyboardInterrupt:
-            print("bench: interrupted; child processes stopped", file=sys.stderr)
-            raise SystemExit(130) from None
-        finally:
-            procs.stop_all()
-    print(report)
-    with open(args.output, "w") as f:
-        f.write(report + "\n")
-    log(f"written to {os.path.relpath(args.output)}")
+    text = procs.run_with_children("bench", lambda logdir: run(args, settings, logdir))
+    header.publish(text, args.output)
 
 
 if __name__ == "__main__":

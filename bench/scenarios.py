@@ -11,26 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import json
-import os
 import signal
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 
 import load
+import nginx
 import procs
+from api import TINY, health, stream_body, wait_until
+from header import log
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
 MODES = ("direct", "nginx", "foreman")
-MESSAGES = [{"role": "user", "content": "hi"}]
-TINY = json.dumps({"model": "bench:latest", "stream": False, "messages": MESSAGES}).encode()
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 @dataclass(frozen=True)
@@ -50,17 +42,6 @@ class Settings:
 
 FULL = Settings()
 QUICK = replace(FULL, rounds=2, s1_requests=300, s1_warmup=50, s3_chunks=20, s4_waiters=500)
-
-
-def stream_body(
-    chunks: int, size: int = 4, interval: float = 0.0, phase: float | None = None, begin: float | None = None
-) -> bytes:
-    options: dict[str, object] = {"num_predict": chunks, "chunk_size": size, "chunk_interval": interval}
-    if phase is not None:
-        options["chunk_phase"] = phase
-    if begin is not None:
-        options["chunk_start"] = begin
-    return json.dumps({"model": "bench:latest", "messages": MESSAGES, "options": options}).encode()
 
 
 # ---------------------------------------------------------------- the rig
@@ -86,29 +67,19 @@ class Rig:
         return MODES if self.nginx_bin else ("direct", "foreman")
 
     async def start_target(self) -> None:
-        self.target_port = procs.free_port()
-        self.target = procs.start_target(self.target_port, self.logdir)
-        await procs.wait_http_ready(self.target, self.target_port, "/api/tags")
+        self.target, self.target_port = await procs.start_target(self.logdir)
         self.ports["direct"] = self.target_port
 
     async def start_foreman(self, name: str, concurrency: int, max_queue: int) -> tuple[procs.Child, int]:
-        port = procs.free_port()
-        child = procs.start_foreman(
-            name, port, self.target_port, self.logdir, concurrency, max_queue, self.foreman_source
+        return await procs.start_foreman(
+            name, self.target_port, self.logdir, concurrency, max_queue, self.foreman_source
         )
-        await procs.wait_http_ready(child, port, "/healthz")
-        return child, port
 
     async def start_proxies(self, scenario: str, concurrency: int = 1000, max_queue: int = 100_000) -> None:
         if self.nginx_bin:
-            port = procs.free_port()
-            nginx = procs.start_nginx(self.nginx_bin, port, self.target_port, self.logdir)
-            try:
-                await procs.wait_http_ready(nginx, port, "/api/tags")
-            except procs.StartError:
-                nginx.stop()
-                raise
-            self.proxies["nginx"], self.ports["nginx"] = nginx, port
+            self.proxies["nginx"], self.ports["nginx"] = await nginx.start_nginx(
+                self.nginx_bin, self.target_port, self.logdir
+            )
         child, port = await self.start_foreman(f"foreman-{scenario}", concurrency, max_queue)
         self.proxies["foreman"], self.ports["foreman"] = child, port
 
@@ -141,6 +112,10 @@ class Rig:
             assert self.target is not None
             return [self.target.pid]
         return self.proxies[mode].pids()
+
+    def peak_rss_mb(self) -> dict[str, float | None]:
+        """Each running proxy's peak RSS over its life (VmHWM), in MB."""
+        return {mode: procs.peak_rss_kib(self.pids(mode)) * 1.024 / 1000 for mode in self.proxies}
 
     def target_cpu(self) -> float:
         assert self.target is not None
@@ -372,24 +347,6 @@ async def s4_run(rig: Rig, mode: str, requests: int, connections: int) -> dict:
     }
 
 
-async def health(port: int) -> dict:
-    client = load.Client(port)
-    try:
-        response = await client.request(load.get("/healthz", port), timeout=10)
-        return json.loads(response.body)
-    finally:
-        client.close()
-
-
-async def wait_for(check: Callable[[], Awaitable[bool]], seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if await check():
-            return True
-        await asyncio.sleep(0.05)
-    return False
-
-
 async def s4_memory(rig: Rig, waiters: int, round_no: int) -> dict:
     """A fresh foreman (concurrency 1): RSS before and while `waiters` requests wait behind a held one."""
     child, port = await rig.start_foreman(f"foreman-S4-memory-{round_no}", 1, waiters + 10)
@@ -405,7 +362,7 @@ async def s4_memory(rig: Rig, waiters: int, round_no: int) -> dict:
         clients.append(held)
         await held.connect()
         held.send(load.post("/api/chat", port, stream_body(2, 4, 3600.0)))
-        if not await wait_for(lambda: _queue_is(port, "in_flight", 1), 10):
+        if not await wait_until(lambda: _queue_is(port, "in_flight", 1), 10):
             raise procs.StartError("the held generation never reached the target")
         request = load.post("/api/chat", port, TINY)
         for start in range(0, waiters, 100):
@@ -414,7 +371,7 @@ async def s4_memory(rig: Rig, waiters: int, round_no: int) -> dict:
             for client in batch:
                 client.send(request, "collect")
             clients.extend(batch)
-        reached = await wait_for(lambda: _queue_is(port, "waiting", waiters), 60)
+        reached = await wait_until(lambda: _queue_is(port, "waiting", waiters), 60)
         snapshot = (await health(port))["queue"]
         await asyncio.sleep(0.3)
         during = procs.rss_kib([child.pid])

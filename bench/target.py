@@ -36,6 +36,8 @@ import signal
 import sys
 import time
 
+import procs
+
 MODEL = "bench:latest"
 TAGS = json.dumps(
     {
@@ -272,13 +274,6 @@ class Connection(asyncio.Protocol):
             self.resumed = None
 
 
-def raise_open_file_limit() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = hard if hard != resource.RLIM_INFINITY else 65536
-    if soft < wanted:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
-
-
 async def serve(host: str, port: int) -> None:
     loop = asyncio.get_running_loop()
     server = await loop.create_server(Connection, host, port, backlog=4096)
@@ -298,7 +293,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True, help="port on 127.0.0.1 (0 picks a free one)")
     parser.add_argument("--host", default="127.0.0.1", choices=["127.0.0.1", "::1", "localhost"], help="loopback address")
     args = parser.parse_args()
-    raise_open_file_limit()
+    procs.raise_open_file_limit()
     # Few long-lived objects and no reference cycles worth chasing: keep the
     # collector from adding its own pauses to the reference figures.
     gc.freeze()
