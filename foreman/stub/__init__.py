@@ -12,7 +12,7 @@ command line). Import what you need from here.
 
 from foreman.stub.base import EMBEDDING_SIZE, STUB_EPOCH, STUB_VERSION
 from foreman.stub.catalog import embedding_for, show_document
-from foreman.stub.naming import display_name, namespace_of, normalize_model_name
+from foreman.stub.naming import display_name, namespace_of, parse_model_name, same_model
 from foreman.stub.server import (
     DESCRIPTION,
     ROUTES,
@@ -37,9 +37,10 @@ __all__ = [
     "display_name",
     "embedding_for",
     "namespace_of",
-    "normalize_model_name",
+    "parse_model_name",
     "routes_help",
     "run_stub",
+    "same_model",
     "show_document",
     "stub_from_args",
 ]

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import tornado.httputil
 
-from foreman.stub.naming import normalize_model_name
+from foreman.stub.naming import same_model
 
 DEFAULT_MODELS: tuple[str, ...] = (
     "llama3.2:latest",
@@ -122,9 +122,8 @@ class StubState:
         }
 
     def resolve(self, requested: str) -> str | None:
-        """The inventory name `requested` refers to, or None."""
-        wanted = normalize_model_name(requested)
-        return next((m for m in self.models if normalize_model_name(m) == wanted), None)
+        """The inventory name `requested` refers to, or None (by Ollama's rules, see `naming`)."""
+        return next((m for m in self.models if same_model(requested, m)), None)
 
     # --- bookkeeping, called by the route handlers ---
 
@@ -167,8 +166,8 @@ class StubState:
             self.loaded.remove(name)
 
     def add_model(self, name: str) -> None:
-        """Put `name` in the inventory unless it already resolves there."""
-        if self.resolve(name) is None:
+        """Put `name` in the inventory unless it is there already (by Ollama's rules or verbatim)."""
+        if name not in self.models and self.resolve(name) is None:
             self.models.append(name)
         self.notify()
 
