@@ -207,15 +207,16 @@ def add_stub_arguments(parser: argparse.ArgumentParser) -> None:
         type=_parse_listen,
         default=("127.0.0.1", 11434),
         metavar="HOST:PORT",
-        help="where to listen (default: 127.0.0.1:11434, Ollama's own address)",
+        help="where to listen; ':PORT' means every interface, and then any Host "
+        "header is accepted (default: 127.0.0.1:11434, Ollama's own address)",
     )
     parser.add_argument(
         "--models",
         type=_parse_models,
         default=list(DEFAULT_MODELS),
         metavar="A,B,...",
-        help="comma-separated model inventory, as /api/tags lists it "
-        f"(default: {','.join(DEFAULT_MODELS)})",
+        help="the models it has, comma-separated, as /api/tags lists them; "
+        f"other names get 404 (default: {', '.join(DEFAULT_MODELS)})",
     )
     parser.add_argument(
         "--token",
@@ -227,8 +228,8 @@ def add_stub_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=0.05,
         metavar="SECONDS",
-        help="pause between streamed chunks: words of a reply, lines of pull "
-        "progress (default: 0.05)",
+        help="pause before each streamed chunk after the first: a word of a reply, "
+        "a line of pull progress; 0 streams at once (default: 0.05)",
     )
 
 
