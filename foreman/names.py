@@ -59,10 +59,10 @@ def canonical(name: str) -> str:
     """The fully qualified, lower-cased form used to compare two names.
 
     A name Ollama would refuse has no such form: it gets `!` and itself,
-    which equals no valid name's form (those start with a letter, digit or
-    `_`), so it matches no model in an inventory.
+    lower-cased, which equals no valid name's form (those start with a
+    letter, digit or `_`), so it matches no model in an inventory.
     """
     parts = parse(name)
     if parts is None:
-        return "!" + name
+        return "!" + name.strip().lower()
     return f"{parts.host}/{parts.namespace}/{parts.model}:{parts.tag}".lower()
