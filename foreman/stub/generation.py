@@ -1,4 +1,4 @@
-"""The native routes that run the model: ``/api/chat``, ``/api/generate``, ``/api/embed``, ``/api/embeddings``.
+"""The native routes that run the model: chat, generate, embed and embeddings.
 
 Each validates its body as Ollama does, resolves the model (404 if absent),
 waits out ``hold``, answers ``chat_status`` if set, then replies: a scripted

@@ -166,7 +166,7 @@ class StubState:
             self.loaded.remove(name)
 
     def add_model(self, name: str) -> None:
-        """Put `name` in the inventory unless it is there already (by Ollama's rules or verbatim)."""
+        """Put `name` in the inventory unless it is there (verbatim or by Ollama's rules)."""
         if name not in self.models and self.resolve(name) is None:
             self.models.append(name)
         self.notify()

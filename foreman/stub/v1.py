@@ -223,7 +223,9 @@ class CompletionsHandler(V1RunHandler):
                 events.append(_event({**last, "choices": [], "usage": usage}))
             return [*events, _DONE_EVENT]
 
-        await self.send_stream(SSE_TYPE, count, lambda i: _event(chunk(reply.piece(i), None)), closing)
+        await self.send_stream(
+            SSE_TYPE, count, lambda i: _event(chunk(reply.piece(i), None)), closing
+        )
 
 
 class V1EmbeddingsHandler(V1RunHandler):

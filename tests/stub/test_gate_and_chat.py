@@ -1,4 +1,4 @@
-"""The stand-in Ollama: its gate (Host, token, methods), /api/chat, and the knobs and counters tests shape it with."""
+"""The stand-in's gate (Host, token, methods), /api/chat, and the knobs and counters tests use."""
 
 import asyncio
 import hashlib
