@@ -41,8 +41,9 @@ def stub_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="foreman stub",
-        description="Run the stand-in Ollama: /api/tags, /api/ps, /api/chat, /api/version "
-        "with deterministic answers, so clients can be tried without a real Ollama.",
+        description=stub.DESCRIPTION,
+        epilog=stub.routes_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     stub.add_stub_arguments(parser)
     return parser

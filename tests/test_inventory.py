@@ -1,44 +1,11 @@
-"""The model inventory: polling, degradation and recovery, name resolution."""
+"""The model inventory: polling, degradation and recovery (name cases: test_names.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 
-import pytest
-
-from foreman.names import canonical
 from tests.helpers import until
-
-
-@pytest.mark.parametrize(
-    "given, stored",
-    [
-        ("llama3.2", "llama3.2:latest"),
-        ("Llama3.2:Latest", "llama3.2:latest"),
-        ("library/llama3.2", "llama3.2:latest"),
-        ("registry.ollama.ai/library/llama3.2:latest", "llama3.2:latest"),
-        ("qwen2.5:0.5b", "qwen2.5:0.5b"),
-        ("hf.co/example/tiny-gguf:Q4_K_M", "hf.co/example/tiny-gguf:q4_k_m"),
-        ("llama3.2@sha256:abc", "llama3.2:latest"),
-        ("localhost:5000/team/model", "localhost:5000/team/model:latest"),
-    ],
-)
-def test_names_resolve_as_ollama_does(given: str, stored: str) -> None:
-    assert canonical(given) == canonical(stored)
-
-
-@pytest.mark.parametrize(
-    "a, b",
-    [
-        ("llama3.2", "llama3.2:1b"),
-        ("llama3.2", "someone/llama3.2"),
-        ("llama3.2", "other.host/library/llama3.2"),
-        ("localhost:5000/team/model", "team/model"),
-    ],
-)
-def test_different_names_stay_different(a: str, b: str) -> None:
-    assert canonical(a) != canonical(b)
 
 
 async def test_first_poll_fills_inventory(foreman, stub) -> None:

@@ -1,9 +1,9 @@
-"""The stub Ollama's OpenAI-compatible routes under /v1 (package-private; see foreman.stub).
+"""The stand-in's OpenAI-compatible routes under /v1.
 
 Modelled on Ollama's OpenAI layer: ``stream`` defaults to false; streams are
 SSE (``data: {chunk}`` events, then ``data: [DONE]``); errors have OpenAI's
 shape ``{"error": {"message", "type", "param", "code"}}``. Generation and
-embeddings reuse the native handlers' machinery, so hold, chat_status,
+embeddings reuse the native routes' machinery, so hold, chat_status,
 chunk_delay, pace and break_after apply as they do to /api/chat.
 """
 
@@ -14,18 +14,10 @@ import hashlib
 import struct
 from typing import Any
 
-from foreman.stub import (
-    STUB_EPOCH,
-    _count_tokens,
-    _dumps,
-    _embed_inputs,
-    _pull_hint,
-    _Reply,
-    _RunHandler,
-    _StubHandler,
-    embedding_for,
-    namespace_of,
-)
+from foreman.stub.base import STUB_EPOCH, Route, StubHandler, dumps
+from foreman.stub.catalog import embedding_for
+from foreman.stub.naming import namespace_of
+from foreman.stub.running import Reply, RunHandler, count_tokens, embed_inputs, pull_hint
 
 V1_JSON_TYPE = "application/json"  # Ollama's OpenAI layer writes these with json.Encoder
 GIN_JSON_TYPE = "application/json; charset=utf-8"  # its request checks answer via Gin
@@ -41,24 +33,24 @@ def openai_error(status: int, message: str) -> dict[str, Any]:
     return {"error": {"message": message, "type": kind, "param": None, "code": None}}
 
 
-def _send_openai_error(handler: _StubHandler, status: int, message: str) -> None:
+def _send_openai_error(handler: StubHandler, status: int, message: str) -> None:
     # Ollama rejects a bad request body in its middleware (Gin: charset, no
     # newline); errors from the handler behind it pass through its writer.
     handler.set_status(status)
     if status == 400:
         handler.set_header("Content-Type", GIN_JSON_TYPE)
-        handler.finish(_dumps(openai_error(status, message)))
+        handler.finish(dumps(openai_error(status, message)))
     else:
         handler.set_header("Content-Type", V1_JSON_TYPE)
-        handler.finish(_dumps(openai_error(status, message)) + b"\n")
+        handler.finish(dumps(openai_error(status, message)) + b"\n")
 
 
 def _v1_json(obj: object) -> bytes:
-    return _dumps(obj) + b"\n"
+    return dumps(obj) + b"\n"
 
 
 def _event(obj: object) -> bytes:
-    return b"data: " + _dumps(obj) + b"\n\n"
+    return b"data: " + dumps(obj) + b"\n\n"
 
 
 def _request_number(body: bytes) -> int:
@@ -87,7 +79,7 @@ def _include_usage(body: dict[str, Any]) -> bool:
     return isinstance(options, dict) and options.get("include_usage") is True
 
 
-class _V1RunHandler(_RunHandler):
+class V1RunHandler(RunHandler):
     """A /v1 POST that runs the model: OpenAI error shape, Ollama's wording."""
 
     started_counter = "openai_started"
@@ -96,7 +88,7 @@ class _V1RunHandler(_RunHandler):
         _send_openai_error(self, status, message)
 
     def not_found(self, requested: str) -> str:
-        return _pull_hint(requested)
+        return pull_hint(requested)
 
 
 def _message_text(content: object) -> str | None:
@@ -108,11 +100,11 @@ def _message_text(content: object) -> str | None:
     return None
 
 
-class _ChatCompletionsHandler(_V1RunHandler):
+class ChatCompletionsHandler(V1RunHandler):
     """POST /v1/chat/completions."""
 
     async def run(self) -> None:
-        parsed = self._parse()
+        parsed = self.parse_body()
         if parsed is None:
             return
         body, requested = parsed
@@ -130,10 +122,10 @@ class _ChatCompletionsHandler(_V1RunHandler):
                 self.fail(400, "invalid message content type")
                 return
             native.append({"role": message.get("role"), "content": text})
-        if await self._admit(requested) is None:
+        if await self.admit(requested) is None:
             return
-        reply = _Reply.for_chat(native, _max_tokens(body))
-        usage = _usage(_count_tokens(m["content"] for m in native), reply.count)
+        reply = Reply.for_chat(native, _max_tokens(body))
+        usage = _usage(count_tokens(m["content"] for m in native), reply.count)
         head = {
             "id": f"chatcmpl-{_request_number(self.request.body)}",
             "object": "chat.completion",
@@ -153,7 +145,7 @@ class _ChatCompletionsHandler(_V1RunHandler):
                 ],
                 "usage": usage,
             }
-            await self._whole(V1_JSON_TYPE, reply.count, lambda: _v1_json(completion))
+            await self.send_whole(V1_JSON_TYPE, reply.count, lambda: _v1_json(completion))
             return
 
         head["object"] = "chat.completion.chunk"
@@ -168,16 +160,16 @@ class _ChatCompletionsHandler(_V1RunHandler):
                 events.append(_event({**head, "choices": [], "usage": usage}))
             return [*events, _DONE_EVENT]
 
-        await self._stream(
+        await self.send_stream(
             SSE_TYPE, reply.count, lambda i: _event(chunk(reply.piece(i), None)), closing
         )
 
 
-class _CompletionsHandler(_V1RunHandler):
+class CompletionsHandler(V1RunHandler):
     """POST /v1/completions (legacy, prompt-based)."""
 
     async def run(self) -> None:
-        parsed = self._parse()
+        parsed = self.parse_body()
         if parsed is None:
             return
         body, requested = parsed
@@ -185,14 +177,14 @@ class _CompletionsHandler(_V1RunHandler):
         if prompt is not None and not isinstance(prompt, str):
             self.fail(400, "prompt must be a string")
             return
-        if await self._admit(requested) is None:
+        if await self.admit(requested) is None:
             return
         if prompt:
-            reply = _Reply.for_prompt(prompt, _max_tokens(body))
+            reply = Reply.for_prompt(prompt, _max_tokens(body))
             count, finish = reply.count, "stop"
-            usage = _usage(_count_tokens([prompt]), count)
+            usage = _usage(count_tokens([prompt]), count)
         else:  # Ollama turns an empty prompt into a load request
-            reply, count, finish = _Reply([""], 0), 0, "load"
+            reply, count, finish = Reply([""], 0), 0, "load"
             usage = _usage(0, 0)
         head = {
             "id": f"cmpl-{_request_number(self.request.body)}",
@@ -207,7 +199,7 @@ class _CompletionsHandler(_V1RunHandler):
                 "choices": [{"text": reply.text(), "index": 0, "finish_reason": finish}],
                 "usage": usage,
             }
-            await self._whole(V1_JSON_TYPE, count, lambda: _v1_json(completion))
+            await self.send_whole(V1_JSON_TYPE, count, lambda: _v1_json(completion))
             return
 
         with_usage = _include_usage(body)
@@ -231,14 +223,16 @@ class _CompletionsHandler(_V1RunHandler):
                 events.append(_event({**last, "choices": [], "usage": usage}))
             return [*events, _DONE_EVENT]
 
-        await self._stream(SSE_TYPE, count, lambda i: _event(chunk(reply.piece(i), None)), closing)
+        await self.send_stream(
+            SSE_TYPE, count, lambda i: _event(chunk(reply.piece(i), None)), closing
+        )
 
 
-class _EmbeddingsHandler(_V1RunHandler):
+class V1EmbeddingsHandler(V1RunHandler):
     """POST /v1/embeddings: floats, or base64 little-endian float32 on request."""
 
     async def run(self) -> None:
-        parsed = self._parse()
+        parsed = self.parse_body()
         if parsed is None:
             return
         body, requested = parsed
@@ -253,14 +247,14 @@ class _EmbeddingsHandler(_V1RunHandler):
         raw = body.get("input")
         if raw == "":
             raw = [""]
-        texts = _embed_inputs(raw)
+        texts = embed_inputs(raw)
         if raw is None or raw == []:
             self.fail(400, "invalid input")
             return
         if texts is None:
             self.fail(400, "invalid input type")
             return
-        if await self._admit(requested) is None:
+        if await self.admit(requested) is None:
             return
         data = []
         for index, text in enumerate(texts):
@@ -269,7 +263,7 @@ class _EmbeddingsHandler(_V1RunHandler):
                 packed = struct.pack(f"<{len(vector)}f", *vector)
                 vector = base64.b64encode(packed).decode()
             data.append({"object": "embedding", "embedding": vector, "index": index})
-        tokens = _count_tokens(texts)
+        tokens = count_tokens(texts)
         answer = {
             "object": "list",
             "data": data,
@@ -277,14 +271,14 @@ class _EmbeddingsHandler(_V1RunHandler):
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
         self.set_header("Content-Type", V1_JSON_TYPE)
-        await self._send_last(_v1_json(answer))
+        await self.send_last(_v1_json(answer))
 
 
 def _model_entry(name: str) -> dict[str, Any]:
     return {"id": name, "object": "model", "created": _CREATED, "owned_by": namespace_of(name)}
 
 
-class _ModelsHandler(_StubHandler):
+class ModelsHandler(StubHandler):
     """GET /v1/models: the inventory as an OpenAI list."""
 
     methods = ("GET",)
@@ -295,7 +289,7 @@ class _ModelsHandler(_StubHandler):
         self.finish(_v1_json({"object": "list", "data": entries}))
 
 
-class _ModelHandler(_StubHandler):
+class ModelHandler(StubHandler):
     """GET /v1/models/{model}: one model (its id may hold "/" and ":")."""
 
     methods = ("GET",)
@@ -308,11 +302,10 @@ class _ModelHandler(_StubHandler):
         self.finish(_v1_json(_model_entry(requested)))
 
 
-def routes(kwargs: dict[str, Any]) -> list[tuple[str, type, dict[str, Any]]]:
-    return [
-        (r"/v1/models", _ModelsHandler, kwargs),
-        (r"/v1/models/(.+)", _ModelHandler, kwargs),
-        (r"/v1/chat/completions", _ChatCompletionsHandler, kwargs),
-        (r"/v1/completions", _CompletionsHandler, kwargs),
-        (r"/v1/embeddings", _EmbeddingsHandler, kwargs),
-    ]
+ROUTES = [
+    Route("/v1/models", ModelsHandler),
+    Route("/v1/models/<model>", ModelHandler, r"/v1/models/(.+)"),
+    Route("/v1/chat/completions", ChatCompletionsHandler),
+    Route("/v1/completions", CompletionsHandler),
+    Route("/v1/embeddings", V1EmbeddingsHandler),
+]

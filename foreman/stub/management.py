@@ -1,9 +1,10 @@
-"""The stub Ollama's model management routes (package-private; see foreman.stub).
+"""The stand-in's model routes that do not run it: show, pull, push, create, copy, delete, blobs.
 
 ``/api/pull``, ``/api/push`` and ``/api/create`` stream NDJSON progress
 under the stub's chunk_delay/pace/break_after and ``progress_error`` knobs;
-``/api/copy``, ``DELETE /api/delete`` and the blob routes answer at once.
-Pull, create and copy add to ``StubOllama.models``; delete removes from it.
+``/api/show``, ``/api/copy``, ``DELETE /api/delete`` and the blob routes
+answer at once. Pull, create and copy add to the inventory; delete removes
+from it.
 """
 
 from __future__ import annotations
@@ -13,26 +14,46 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from foreman.stub import (
+from foreman.stub.base import (
     JSON_TYPE,
     NDJSON_TYPE,
-    _digest,
-    _dumps,
-    _first_name,
-    _parse_object,
-    _RunHandler,
-    _size,
-    _StubHandler,
-    display_name,
+    Route,
+    StubHandler,
+    dumps,
+    first_name,
+    parse_object,
 )
+from foreman.stub.catalog import model_size, name_digest, show_document
+from foreman.stub.naming import display_name
+from foreman.stub.running import RunHandler
 
 _BLOB_DIGEST = re.compile(r"sha256[:-]([0-9a-fA-F]{64})")
 
 
+class ShowHandler(StubHandler):
+    """POST /api/show: the model's metadata document (no hold: nothing runs)."""
+
+    methods = ("POST",)
+
+    def post(self) -> None:
+        body = parse_object(self.request.body, self.send_json_error)
+        if body is None:
+            return
+        requested = first_name(body, ("model", "name"))
+        if requested is None:
+            self.send_json_error(400, "model is required")
+            return
+        name = self.stub.resolve(requested)
+        if name is None:
+            self.send_json_error(404, f"model '{requested}' not found")
+            return
+        self.send_json(show_document(name))
+
+
 def _layers(name: str) -> list[tuple[str, int]]:
     """A model's layers as (digest, size): weights, template, parameters."""
-    sizes = (_size(name), 1_400 + len(name), 96)
-    return [(f"sha256:{_digest(f'{name}#{i}')}", size) for i, size in enumerate(sizes)]
+    sizes = (model_size(name), 1_400 + len(name), 96)
+    return [(f"sha256:{name_digest(f'{name}#{i}')}", size) for i, size in enumerate(sizes)]
 
 
 def _transfer(verb: str, name: str) -> list[dict[str, Any]]:
@@ -51,12 +72,14 @@ def _transfer(verb: str, name: str) -> list[dict[str, Any]]:
     return lines
 
 
-class _ProgressHandler(_RunHandler):
+class ProgressHandler(RunHandler):
     """Pull, push, create: NDJSON progress ending in ``{"status":"success"}``."""
 
     runs_model = False
 
-    async def _progress(self, body: dict[str, Any], lines: list[dict[str, Any]], on_success: Callable[[], None]) -> None:
+    async def progress(
+        self, body: dict[str, Any], lines: list[dict[str, Any]], on_success: Callable[[], None]
+    ) -> None:
         """Send `lines` then success (streamed unless ``stream`` is false).
 
         With the stub's ``progress_error`` set, an ``{"error": ...}`` line
@@ -72,28 +95,30 @@ class _ProgressHandler(_RunHandler):
             def answer() -> bytes:
                 if error is not None:
                     self.set_status(500)
-                    return _dumps({"error": error})
+                    return dumps({"error": error})
                 on_success()
-                return _dumps({"status": "success"})
+                return dumps({"status": "success"})
 
-            await self._whole(JSON_TYPE, len(lines) - 1, answer)
+            await self.send_whole(JSON_TYPE, len(lines) - 1, answer)
             return
 
         def closing() -> list[bytes]:
             if error is None:
                 on_success()
-            return [_dumps(lines[-1]) + b"\n"]
+            return [dumps(lines[-1]) + b"\n"]
 
-        await self._stream(NDJSON_TYPE, len(lines) - 1, lambda i: _dumps(lines[i]) + b"\n", closing)
+        await self.send_stream(
+            NDJSON_TYPE, len(lines) - 1, lambda i: dumps(lines[i]) + b"\n", closing
+        )
 
 
-class _PullHandler(_ProgressHandler):
+class PullHandler(ProgressHandler):
     """POST /api/pull: progress, then the model is in the inventory (tagged)."""
 
     started_counter = "pulls_started"
 
     async def run(self) -> None:
-        parsed = self._parse("model", "name")
+        parsed = self.parse_body("model", "name")
         if parsed is None:
             return
         body, requested = parsed
@@ -104,16 +129,16 @@ class _PullHandler(_ProgressHandler):
             {"status": "verifying sha256 digest"},
             {"status": "writing manifest"},
         ]
-        await self._progress(body, lines, lambda: self.stub._add_model(name))
+        await self.progress(body, lines, lambda: self.stub.add_model(name))
 
 
-class _PushHandler(_ProgressHandler):
+class PushHandler(ProgressHandler):
     """POST /api/push: progress for a model the stub has; 404 otherwise."""
 
     started_counter = "pushes_started"
 
     async def run(self) -> None:
-        parsed = self._parse("model", "name")
+        parsed = self.parse_body("model", "name")
         if parsed is None:
             return
         body, requested = parsed
@@ -126,16 +151,16 @@ class _PushHandler(_ProgressHandler):
             *_transfer("pushing", name),
             {"status": "pushing manifest"},
         ]
-        await self._progress(body, lines, lambda: None)
+        await self.progress(body, lines, lambda: None)
 
 
-class _CreateHandler(_ProgressHandler):
+class CreateHandler(ProgressHandler):
     """POST /api/create: ``from`` a model the stub has and/or ``files`` it holds as blobs."""
 
     started_counter = "creates_started"
 
     async def run(self) -> None:
-        parsed = self._parse("model", "name")
+        parsed = self.parse_body("model", "name")
         if parsed is None:
             return
         body, requested = parsed
@@ -161,24 +186,24 @@ class _CreateHandler(_ProgressHandler):
                 lines.append({"status": f"using existing layer {digest}"})
         for field in ("template", "system", "parameters", "license", "messages"):
             if body.get(field):
-                layer = hashlib.sha256(_dumps(body[field])).hexdigest()
+                layer = hashlib.sha256(dumps(body[field])).hexdigest()
                 lines.append({"status": f"creating new layer sha256:{layer}"})
         lines.append({"status": "writing manifest"})
         name = display_name(requested)
-        await self._progress(body, lines, lambda: self.stub._add_model(name))
+        await self.progress(body, lines, lambda: self.stub.add_model(name))
 
 
-class _CopyHandler(_StubHandler):
+class CopyHandler(StubHandler):
     """POST /api/copy: 200 with no body; the destination joins the inventory."""
 
     methods = ("POST",)
 
     def post(self) -> None:
-        body = _parse_object(self.request.body, self.send_json_error)
+        body = parse_object(self.request.body, self.send_json_error)
         if body is None:
             return
         for field in ("source", "destination"):
-            if _first_name(body, (field,)) is None:
+            if first_name(body, (field,)) is None:
                 value = body.get(field)
                 shown = value if isinstance(value, str) else ""
                 self.send_json_error(400, f'{field} "{shown}" is invalid')
@@ -187,20 +212,20 @@ class _CopyHandler(_StubHandler):
         if source is None:
             self.send_json_error(404, f'model "{body["source"]}" not found')
             return
-        self.stub._add_model(display_name(body["destination"]))
+        self.stub.add_model(display_name(body["destination"]))
         self.send_empty(200)
 
 
-class _DeleteHandler(_StubHandler):
+class DeleteHandler(StubHandler):
     """DELETE /api/delete (JSON body): 200 with no body; the model leaves the inventory."""
 
     methods = ("DELETE",)
 
     def delete(self) -> None:
-        body = _parse_object(self.request.body, self.send_json_error)
+        body = parse_object(self.request.body, self.send_json_error)
         if body is None:
             return
-        requested = _first_name(body, ("model", "name"))
+        requested = first_name(body, ("model", "name"))
         if requested is None:
             self.send_json_error(400, 'name "" is invalid')
             return
@@ -208,7 +233,7 @@ class _DeleteHandler(_StubHandler):
         if name is None:
             self.send_json_error(404, f"model '{requested}' not found")
             return
-        self.stub._remove_model(name)
+        self.stub.remove_model(name)
         self.send_empty(200)
 
 
@@ -218,7 +243,7 @@ def _blob_key(digest: str) -> str | None:
     return f"sha256:{match.group(1).lower()}" if match else None
 
 
-class _BlobHandler(_StubHandler):
+class BlobHandler(StubHandler):
     """HEAD/POST /api/blobs/sha256:<hex>: does the stub hold it; store it if it checks out."""
 
     methods = ("HEAD", "POST")
@@ -245,16 +270,16 @@ class _BlobHandler(_StubHandler):
             self.send_json_error(400, f'digest mismatch, expected "{key}", got "{got}"')
             return
         self.stub.blobs[key] = bytes(self.request.body)
-        self.stub._notify()
+        self.stub.notify()
         self.send_empty(201)
 
 
-def routes(kwargs: dict[str, Any]) -> list[tuple[str, type, dict[str, Any]]]:
-    return [
-        (r"/api/pull", _PullHandler, kwargs),
-        (r"/api/push", _PushHandler, kwargs),
-        (r"/api/create", _CreateHandler, kwargs),
-        (r"/api/copy", _CopyHandler, kwargs),
-        (r"/api/delete", _DeleteHandler, kwargs),
-        (r"/api/blobs/([^/]+)", _BlobHandler, kwargs),
-    ]
+ROUTES = [
+    Route("/api/show", ShowHandler),
+    Route("/api/pull", PullHandler),
+    Route("/api/push", PushHandler),
+    Route("/api/create", CreateHandler),
+    Route("/api/copy", CopyHandler),
+    Route("/api/delete", DeleteHandler),
+    Route("/api/blobs/<digest>", BlobHandler, r"/api/blobs/([^/]+)"),
+]
