@@ -132,7 +132,7 @@ def test_duration_settings_take_what_parse_duration_takes(setting, parts) -> Non
     seconds = config.parse_duration(text)
     error = config_error({setting.env: text})
     if error is None:
-        assert getattr(config.load({setting.env: text}), setting.field) == seconds
+        assert getattr(config.load({setting.env: text}), setting.fills[0]) == seconds
     else:
         # Only zero may be refused (where a setting needs more than nothing).
         assert seconds == 0, error
