@@ -9,16 +9,28 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import pytest
+from hypothesis import settings
 from tornado.httpclient import HTTPRequest, HTTPResponse
 from tornado.simple_httpclient import SimpleAsyncHTTPClient
 
 from foreman import config
 from foreman.server import Foreman, raise_open_file_limit
 from foreman.stub import StubOllama
+
+# Hypothesis, for every property test in the suite (their own @settings only
+# add to this). Under CI each test's examples are derived from its name, so a
+# red run stays red on a rerun and on a laptop instead of turning green by
+# chance; elsewhere they are random, to keep finding new cases. A failure
+# prints the falsifying example and a @reproduce_failure blob either way. No
+# deadline: the machine may be busy, and a slow example is not a wrong one.
+settings.register_profile("ci", derandomize=True, database=None, deadline=None, print_blob=True)
+settings.register_profile("dev", database=None, deadline=None, print_blob=True)
+settings.load_profile("ci" if os.environ.get("CI", "").lower() not in ("", "0", "false") else "dev")
 
 # Tests hold hundreds of connections in one process (client, foreman and the
 # stand-in each hold one per stream).

@@ -178,7 +178,9 @@ def test_help_documents_every_variable():
     for name in ALL_VARIABLES:
         assert f"env {name}," in flat, name
     for setting in config.SETTINGS:
-        assert setting.flag in flat
+        # argparse may also break a line after a hyphen: compare without any whitespace.
+        paragraph = "".join(f"{setting.flag} {setting.metavar} {setting.help}".split())
+        assert paragraph in "".join(flat.split()), setting.flag
         if setting.default is None:
             assert f"(env {setting.env}, unset by default)" in flat
         else:
@@ -189,13 +191,131 @@ def test_settings_cover_the_spec_table_in_order():
     assert [s.env for s in config.SETTINGS] == ALL_VARIABLES
     for s in config.SETTINGS:
         assert s.flag == "--" + s.env.removeprefix("FOREMAN_").lower().replace("_", "-")
-        assert s.field == "listen" or s.field in {f.name for f in dataclasses.fields(Config)}
+        assert set(s.fills) <= {f.name for f in dataclasses.fields(Config)}
 
 
 def test_setting_defaults_are_what_load_uses():
     # The text shown in --help must parse to the same Config as no settings at all.
     environ = {s.env: s.default for s in config.SETTINGS if s.default is not None}
     assert load(environ) == load({}) == Config()
+
+
+# --- one declaration per setting ---------------------------------------------------
+#
+# Each setting is declared once, as a field of Config; these check that every
+# thing derived from the declarations (loading, --help, the repr) covers every
+# declared setting, so a new one needs nothing but its declaration.
+
+MARK = "Sekr1t"
+
+
+def owner_of(field_name):
+    """The setting declared on a Config field (None for a field only filled by another)."""
+    return next((s for s in config.SETTINGS if s.fills[0] == field_name), None)
+
+
+def test_every_config_field_is_filled_by_a_declared_setting():
+    fields = [f.name for f in dataclasses.fields(Config)]
+    filled = [name for s in config.SETTINGS for name in s.fills]
+    assert set(filled) == set(fields)
+    # Declaration order is field order (and the order errors are reported in).
+    assert [s.fills[0] for s in config.SETTINGS] == [name for name in fields if owner_of(name)]
+
+
+@pytest.mark.parametrize("setting", config.SETTINGS, ids=lambda s: s.env)
+def test_settings_named_like_secrets_are_declared_secret(setting):
+    # A path to a file of tokens is not itself a secret; the tokens are.
+    if re.search(r"token|password|secret|credential|key", setting.name) and not setting.name.endswith("_file"):
+        assert setting.secret, f"{setting.env} looks secret but has no redact="
+
+
+def secret_shapes(tmp_path):
+    """Values that carry MARK as a secret, in the shapes secret settings take."""
+    tokens_file = tmp_path / "tokens"
+    tokens_file.write_text(f"{MARK}-in-a-file\n")
+    return [f"{MARK}-one", f"{MARK}-one,{MARK}-two", f"http://user:{MARK}@127.0.0.1:11434", str(tokens_file)]
+
+
+def test_repr_shows_no_secret_of_any_setting_declared_secret(tmp_path):
+    # Every setting that puts a value into a field declared secret: directly
+    # (FOREMAN_TOKENS) or by joining it (FOREMAN_TOKENS_FILE).
+    feeding = [s for s in config.SETTINGS if any((owner_of(f) or s).secret for f in s.fills)]
+    assert feeding, "no setting is declared secret"
+    environ = {}
+    for setting in feeding:
+        for text in secret_shapes(tmp_path):
+            try:
+                loaded = load({setting.env: text})
+            except ConfigError:
+                continue
+            if any(MARK in str(getattr(loaded, f)) for f in setting.fills):
+                environ[setting.env] = text
+                break
+        else:
+            pytest.fail(f"no value in secret_shapes() fits {setting.env}: add one")
+        assert MARK not in repr(loaded), repr(loaded)
+    everything = load(environ)
+    assert MARK in str(dataclasses.astuple(everything))
+    assert MARK not in repr(everything), repr(everything)
+
+
+def test_a_new_setting_needs_only_its_declaration():
+    from dataclasses import dataclass
+
+    from foreman.config import declare, readers
+
+    @dataclass(frozen=True, repr=False)
+    @declare.declared_settings
+    class Toy:
+        colour: str = declare.setting(
+            default="red", read=readers.choice({"red": "red", "blue": "blue"}, "a colour"),
+            metavar="COLOUR", help="What colour it is.",
+        )
+        pin_code: str | None = declare.setting(
+            default=None, read=readers.bearer_token, metavar="PIN", redact=declare.hidden, help="The PIN.",
+        )
+
+        def __repr__(self) -> str:
+            return declare.redacted_repr(self)
+
+    assert Toy() == declare.load_settings(Toy, {}) == Toy(colour="red", pin_code=None)
+    assert [s.env for s in declare.settings_of(Toy)] == ["FOREMAN_COLOUR", "FOREMAN_PIN_CODE"]
+    p = argparse.ArgumentParser()
+    declare.add_setting_arguments(p, declare.settings_of(Toy))
+    flat = " ".join(p.format_help().split())
+    assert "--colour COLOUR What colour it is. (env FOREMAN_COLOUR, default red)" in flat
+    assert "--pin-code PIN The PIN. (env FOREMAN_PIN_CODE, unset by default)" in flat
+    toy = declare.load_settings(Toy, {"FOREMAN_PIN_CODE": "1234"}, p.parse_args(["--colour", "BLUE"]))
+    assert toy == Toy(colour="blue", pin_code="1234")
+    assert repr(toy) == "Toy(colour='blue', pin_code=<hidden>)"
+    with pytest.raises(ConfigError, match=r"^FOREMAN_COLOUR='green' is not a colour; use red or blue$"):
+        declare.load_settings(Toy, {"FOREMAN_COLOUR": "green"})
+
+
+def test_a_field_without_a_declaration_is_refused_at_import():
+    from foreman.config import declare, readers
+
+    with pytest.raises(TypeError, match="Bad.plain is not declared"):
+
+        @declare.declared_settings
+        class Bad:
+            plain: int = 3
+
+    with pytest.raises(TypeError, match="no setting 'nowhere' fills it"):
+
+        @declare.declared_settings
+        class Orphan:
+            port: int = declare.filled_by("nowhere")
+
+    with pytest.raises(TypeError, match="filled by secret 'pair' but not redacted"):
+
+        @declare.declared_settings
+        class Leaky:
+            first: str | None = declare.setting(
+                default=None, read=lambda text, label: (text, text), help="", redact=declare.hidden,
+                fills=("first", "second"), name="pair",
+            )
+            second: str = declare.filled_by("pair")
 
 
 # --- durations ------------------------------------------------------------------

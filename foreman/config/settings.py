@@ -1,0 +1,223 @@
+"""foreman's settings, each declared once, as a field of the frozen Config."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from foreman.config import readers
+from foreman.config.declare import (
+    Setting,
+    add_setting_arguments,
+    declared_settings,
+    filled_by,
+    hidden,
+    hidden_each,
+    load_settings,
+    redacted_repr,
+    setting,
+    settings_of,
+)
+from foreman.config.readers import DEFAULT_OLLAMA_URL
+from foreman.config.values import strip_userinfo
+
+LogFormat = Literal["text", "json"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+_LOG_FORMATS: dict[str, LogFormat] = {"text": "text", "json": "json"}
+_LOG_LEVELS: dict[str, LogLevel] = {
+    "debug": "debug",
+    "info": "info",
+    "warning": "warning",
+    "error": "error",
+}
+
+
+def _without_credentials(url: str) -> str:
+    return repr(strip_userinfo(url))
+
+
+@dataclass(frozen=True, repr=False)
+@declared_settings
+class Config:
+    """Everything foreman needs to know to start; built by ``load()``.
+
+    Each field declares its setting: the FOREMAN_* variable and flag named
+    after it, how its text is read, its default, its --help line and whether
+    it is a secret. The defaults equal what ``load({})`` returns, so tests
+    can build a Config directly and override only what they care about.
+    Fields are read, and their errors reported, in this order.
+    """
+
+    # scheme://[user:pass@]host[:port][/prefix], never a trailing "/"
+    ollama_url: str = setting(
+        default=DEFAULT_OLLAMA_URL,
+        read=readers.target_url,
+        metavar="URL",
+        redact=_without_credentials,
+        help="Base URL of the Ollama server foreman stands in front of "
+        "(http or https, optional path prefix).",
+    )
+    ollama_token: str | None = setting(
+        default=None,
+        read=readers.bearer_token,
+        metavar="TOKEN",
+        redact=hidden,
+        help="Bearer token foreman attaches to every request it sends to the Ollama server.",
+    )
+    poll_interval: float = setting(
+        default="30s",
+        read=readers.duration(allow_zero=False),
+        metavar="DURATION",
+        help="How often the model inventory is polled, as a Go-style duration "
+        "(500ms, 30s, 1m30s) or bare seconds (30, 0.5).",
+    )
+    # "" means all interfaces; IPv6 without brackets ("::1")
+    listen_host: str = setting(
+        name="listen",
+        fills=("listen_host", "listen_port"),
+        default=":8080",
+        read=readers.listen_address,
+        metavar="HOST:PORT",
+        help="Address to listen on as host:port; :8080 means all interfaces, "
+        "[::1]:8080 an IPv6 address.",
+    )
+    listen_port: int = filled_by("listen")
+    tokens: tuple[str, ...] = setting(
+        default=None,
+        read=readers.token_list,
+        metavar="TOKEN,...",
+        redact=hidden_each,
+        help="Comma-separated bearer tokens accepted from clients; with no tokens "
+        "configured, clients need no token.",
+    )
+    # The path, kept to re-read on SIGHUP; its tokens join `tokens`.
+    tokens_file: str | None = setting(
+        fills=("tokens_file", "tokens"),
+        default=None,
+        read=readers.tokens_file,
+        metavar="PATH",
+        help="File with one accepted client token per line (# comments allowed), "
+        "combined with FOREMAN_TOKENS.",
+    )
+    log_format: LogFormat = setting(
+        default="text",
+        read=readers.choice(_LOG_FORMATS, "a log format"),
+        metavar="{text,json}",
+        help="Log format on stderr: text, or json for one JSON object a line.",
+    )
+    log_level: LogLevel = setting(
+        default="info",
+        read=readers.choice(_LOG_LEVELS, "a log level"),
+        metavar="LEVEL",
+        help="Lowest level logged: debug, info, warning or error.",
+    )
+    shutdown_grace: float = setting(
+        default="30s",
+        read=readers.duration(allow_zero=True),
+        metavar="DURATION",
+        help="How long in-flight responses may run after SIGTERM or SIGINT "
+        "before foreman exits.",
+    )
+    concurrency: int = setting(
+        default="1",
+        read=readers.count(minimum=1),
+        metavar="N",
+        help="How many generation requests may be at the Ollama server at once; "
+        "the rest wait in foreman's queue.",
+    )
+    max_queue: int = setting(
+        default="128",
+        read=readers.count(minimum=0),
+        metavar="N",
+        help="How many generation requests may wait for their turn; one more is "
+        "refused at once with 503 and Retry-After.",
+    )
+    queue_timeout: float = setting(
+        default="10m",
+        read=readers.duration(allow_zero=False),
+        metavar="DURATION",
+        help="Longest a request may wait for its turn, including while the Ollama "
+        "server is unreachable.",
+    )
+    admin_tokens: tuple[str, ...] = setting(
+        default=None,
+        read=readers.token_list,
+        metavar="TOKEN,...",
+        redact=hidden_each,
+        help="Comma-separated bearer tokens that may also manage models (pull, push, "
+        "create, copy, delete, blobs); with none, model management is refused.",
+    )
+    admin_tokens_file: str | None = setting(
+        fills=("admin_tokens_file", "admin_tokens"),
+        default=None,
+        read=readers.tokens_file,
+        metavar="PATH",
+        help="File with one admin token per line (# comments allowed), combined with "
+        "FOREMAN_ADMIN_TOKENS; re-read, like FOREMAN_TOKENS_FILE, on SIGHUP.",
+    )
+    metrics_public: bool = setting(
+        default="0",
+        read=readers.yes_no,
+        metavar="{0,1}",
+        help="1 serves /metrics without a token (for a Prometheus on a trusted "
+        "network); 0 protects it like the API.",
+    )
+    max_body: int = setting(
+        default="64MiB",
+        read=readers.size,
+        metavar="SIZE",
+        help="Largest request body accepted (images in chat bodies are base64); "
+        "larger gets 413. Sizes like 512KB, 64MiB, 1GB or bare bytes.",
+    )
+    client_timeout: float = setting(
+        default="60s",
+        read=readers.duration(allow_zero=False),
+        metavar="DURATION",
+        help="Longest foreman waits on a client: for its request head or body to "
+        "arrive, between requests on a kept-alive connection, and for it to "
+        "take a piece of an answer; then the connection is closed.",
+    )
+    target_idle_timeout: float = setting(
+        default="10m",
+        read=readers.duration(allow_zero=False),
+        metavar="DURATION",
+        help="Longest silence accepted from the Ollama server before and during an "
+        "answer (a model load can take minutes); then 504, or an error line "
+        "in a stream that has begun.",
+    )
+
+    @property
+    def target_display(self) -> str:
+        """The target URL without any user:password@, safe for /healthz and logs."""
+        return strip_userinfo(self.ollama_url)
+
+    @property
+    def auth_enabled(self) -> bool:
+        """Whether clients must present one of ``tokens``."""
+        return bool(self.tokens)
+
+    def __repr__(self) -> str:
+        # The generated repr would print bearer tokens and URL credentials the
+        # moment someone logs a Config.
+        return redacted_repr(self)
+
+
+SETTINGS: tuple[Setting, ...] = settings_of(Config)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one option per setting, so ``foreman --help`` documents every variable."""
+    add_setting_arguments(parser, SETTINGS)
+
+
+def load(environ: Mapping[str, str], args: argparse.Namespace | None = None) -> Config:
+    """Build the Config from flags, then environment, then defaults.
+
+    Each setting takes the flag's value if given (not None), else the variable
+    if set and non-empty, else the default. Raises ConfigError on the first
+    bad value, in SETTINGS order.
+    """
+    return load_settings(Config, environ, args)
