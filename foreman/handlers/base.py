@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable
 from typing import Any
@@ -136,7 +137,7 @@ class BaseHandler(tornado.web.RequestHandler):
         Answers foreman makes itself are over in an instant; relays override this.
         """
 
-    def finish(self, chunk: str | bytes | dict[str, Any] | None = None) -> Awaitable[None]:
+    def finish(self, chunk: str | bytes | dict[str, Any] | None = None) -> asyncio.Future[None]:
         if not self.answered:
             self.answered = True
             # Tornado logs the request inside finish(): the record must be complete first.
