@@ -43,6 +43,8 @@ async def test_body_over_the_limit_is_413_and_never_forwarded(start_foreman, stu
     response = await front.fetch("/api/chat", method="POST", body=big)
     assert response.code == 413
     assert "FOREMAN_MAX_BODY" in json.loads(response.body)["error"]
+    # The unread body makes the connection useless: say so, so the client does not reuse it.
+    assert response.headers.get("Connection") == "close"
     assert not [r for r in stub.requests if r.path == "/api/chat"]
     assert (await front.fetch("/api/chat", method="POST", body=CHAT)).code == 200
 
@@ -280,3 +282,25 @@ async def test_target_answering_with_something_not_http_is_502_and_the_next_requ
     again = await front.fetch("/api/chat", method="POST", body={**CHAT, "stream": False})
     assert again.code == 200 and again.body == b'{"done":true}'
     server.close()
+
+
+async def test_a_request_refused_during_the_drain_says_the_connection_closes(start_foreman, stub) -> None:
+    """A kept-alive client asking while foreman drains is told not to reuse the connection."""
+    front = start_foreman()
+    await front.ready()
+    stub.hold = asyncio.Event()
+    host, port = front.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    running = asyncio.ensure_future(front.fetch("/api/chat", method="POST", body=CHAT))
+    await stub.wait_for(lambda: stub.chats_started == 1)
+    draining = asyncio.ensure_future(front.foreman.drain(grace=10))
+    await until(lambda: front.foreman.activity.draining)
+    writer.write(b"GET /api/tags HTTP/1.1\r\nHost: x\r\n\r\n")
+    await writer.drain()
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    assert head.startswith(b"HTTP/1.1 503")
+    assert b"\r\nConnection: close\r\n" in head
+    writer.close()
+    stub.hold.set()
+    assert (await running).code == 200
+    await draining

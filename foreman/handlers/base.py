@@ -18,6 +18,8 @@ from foreman.target import TargetError, TargetStatusError, TargetTimeout, Target
 JSON = "application/json; charset=utf-8"
 # How long a client is told to wait before retrying while the target is down.
 RETRY_AFTER_UNREACHABLE = 5
+# For answers after which the connection cannot be trusted (or is going away).
+_CLOSE = {"Connection": "close"}
 
 
 def error_body(message: str) -> str:
@@ -83,8 +85,12 @@ class BaseHandler(tornado.web.RequestHandler):
         activity.begin(self)
         self._counted = True
         if activity.draining:
-            self.set_header("Connection", "close")
-            self.fail(ForemanError(503, "foreman is shutting down; retry shortly", {"Retry-After": "1"}))
+            self.fail(
+                ForemanError(
+                    503, "foreman is shutting down; retry shortly",
+                    {"Retry-After": "1", **_CLOSE},
+                )
+            )
             return
         authorization = self.request.headers.get("Authorization")
         tokens = self.services.tokens
@@ -103,14 +109,16 @@ class BaseHandler(tornado.web.RequestHandler):
         if len(lengths) > 1 or "," in "".join(lengths):
             # Tornado would merge equal copies; a front must not guess which
             # framing another hop read (request smuggling).
-            self.set_header("Connection", "close")
-            self.fail(ForemanError(400, "request has more than one Content-Length"))
+            self.fail(ForemanError(400, "request has more than one Content-Length", _CLOSE))
             return
         limit = self.body_limit()
         declared = self.request.headers.get("Content-Length", "")
         if declared.isdigit() and int(declared) > limit:
-            self.set_header("Connection", "close")
-            self.fail(ForemanError(413, f"request body is larger than {limit} bytes (FOREMAN_MAX_BODY)"))
+            self.fail(
+                ForemanError(
+                    413, f"request body is larger than {limit} bytes (FOREMAN_MAX_BODY)", _CLOSE
+                )
+            )
             return
         # A chunked body that grows past the limit is cut off by Tornado.
         self.request.connection.set_max_body_size(limit)  # type: ignore[union-attr]
