@@ -126,6 +126,33 @@ def open_fds(pid: int) -> int:
         return 0
 
 
+TCP_ESTABLISHED = 1
+
+
+def tcp_peers(port: int) -> dict[int, tuple[int, int]]:
+    """The TCP connections of a server on 127.0.0.1:`port`: peer port -> (state, bytes in its send queue).
+
+    From /proc/net/tcp, i.e. the server's own side of each connection (state 1
+    is ESTABLISHED). A connection the server has closed leaves ESTABLISHED
+    (FIN_WAIT1 while the client has not read what was sent, or gone after a
+    reset) even when the client, not reading, cannot see it yet; bytes in the
+    send queue say the server has begun writing to a client that does not read.
+    """
+    local = f"0100007F:{port:04X}"
+    peers: dict[int, tuple[int, int]] = {}
+    try:
+        with open("/proc/net/tcp") as f:
+            next(f, None)
+            for line in f:
+                fields = line.split()
+                if len(fields) > 4 and fields[1] == local:
+                    peer = int(fields[2].rpartition(":")[2], 16)
+                    peers[peer] = (int(fields[3], 16), int(fields[4].partition(":")[0], 16))
+    except OSError:
+        pass
+    return peers
+
+
 def child_pids(parent: int) -> list[int]:
     found = []
     for entry in os.listdir("/proc"):

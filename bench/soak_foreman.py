@@ -27,9 +27,13 @@ class Source:
     env: dict[str, str]  # `--env`, over the soak's own settings
 
 
-async def start(name: str, concurrency: int, source: Source) -> tuple[procs.Child, int]:
+async def start(
+    name: str, concurrency: int, source: Source, env: dict[str, str] | None = None
+) -> tuple[procs.Child, int]:
+    """A fresh foreman; `env` is the phase's own settings (e.g. a short FOREMAN_CLIENT_TIMEOUT), over `--env`."""
     return await procs.start_foreman(
-        name, source.target_port, source.logdir, concurrency, MAX_QUEUE, source.foreman_dir, source.env
+        name, source.target_port, source.logdir, concurrency, MAX_QUEUE, source.foreman_dir,
+        {**source.env, **(env or {})},
     )
 
 

@@ -1,4 +1,7 @@
-"""What the soak does, in numbers: the phases, the stalled-connection kinds, the full and --quick sizes."""
+"""What the soak does, in numbers: the phases, the stalled-connection kinds, the full and --quick sizes.
+
+The full sizes of `upload`, `unread` and `bigbody` are those of issue 11's measurements.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ MAX_QUEUE = 100_000
 PROBE_EVERY = 0.5
 SAMPLE_EVERY = 0.25
 HEALTH_EVERY = 0.5
+HEALTH_PROBE_EVERY = 0.05  # /healthz timed this often in upload, unread, bigbody: a stall shows to within 50 ms
 NOT_READING_RCVBUF = 4096
 # (c)'s answer: far more than every buffer between the target and the client
 # (loopback autotuning allows several MiB per socket), so that it really stalls.
@@ -41,6 +45,40 @@ class Phase:
 
 
 @dataclass(frozen=True)
+class UploadCut:
+    """Phase `upload`: rounds of connections that each send part of a body, then close."""
+
+    connections: int  # per round, all at once
+    sent_mib: int  # body bytes sent before closing, MiB
+    declared: int  # the Content-Length promised, bytes
+    rounds: int
+    every: float  # a round starts this often, or as soon as the previous one is over if that is later
+    settle: float  # seconds watched after the last round
+
+
+@dataclass(frozen=True)
+class Unread:
+    """Phase `unread`: clients ask for a big whole-document answer (`/api/show`) and never read it."""
+
+    clients: int
+    document: int  # bytes of each answer
+    client_timeout: float  # FOREMAN_CLIENT_TIMEOUT of this phase's foreman, seconds
+    beyond: float  # seconds the clients are held past that timeout
+    settle: float  # seconds watched after they are closed
+
+
+@dataclass(frozen=True)
+class BigBody:
+    """Phase `bigbody`: one big JSON body of many small objects, then many connections holding part of a body."""
+
+    body: int  # bytes of the big body (sent twice: an unknown model, then the known one)
+    holders: int
+    held_mib: int  # body MiB each holder sends of a body 1 MiB longer, then holds
+    hold: float  # seconds held once every holder has sent its part
+    settle: float
+
+
+@dataclass(frozen=True)
 class Settings:
     phases: tuple[Phase, ...]
     warmup_requests: int = 200
@@ -50,6 +88,9 @@ class Settings:
     churn_rounds: int = 10
     churn_sizes: tuple[tuple[str, int], ...] = (("a", 200), ("b", 200), ("d", 200), ("c", 50))
     sigterm_wait: float = 5.0
+    upload_cut: UploadCut = UploadCut(5, 55, 60_000_000, 12, 1.25, 5.0)
+    unread: Unread = Unread(10, 50_000_000, 5.0, 10.0, 5.0)
+    big_body: BigBody = BigBody(60_000_000, 100, 8, 5.0, 5.0)
 
 
 OTHER = ("other client (127.0.0.2)", OTHER_CLIENT)
@@ -84,4 +125,7 @@ QUICK = Settings(
     after=5.0,
     churn_rounds=4,
     churn_sizes=(("a", 100), ("b", 100), ("d", 100), ("c", 20)),
+    upload_cut=UploadCut(3, 20, 60_000_000, 4, 0.5, 3.0),
+    unread=Unread(5, 30_000_000, 5.0, 4.0, 3.0),
+    big_body=BigBody(60_000_000, 20, 8, 3.0, 3.0),
 )

@@ -106,9 +106,13 @@ def stall_payload(kind: str, port: int) -> bytes:
 
 
 async def open_stall(kind: str, port: int) -> Stall:
+    return await connect_stall(Stall(kind, stall_payload(kind, port), paused=kind == "c"), port)
+
+
+async def connect_stall(stall: Stall, port: int) -> Stall:
+    """Connect `stall` to foreman; one that never reads gets a small receive buffer."""
     loop = asyncio.get_running_loop()
-    stall = Stall(kind, stall_payload(kind, port), paused=kind == "c")
-    if kind == "c":
+    if stall.paused:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
             # Before connect, so that the window offered in the handshake is small too.

@@ -1,4 +1,10 @@
-"""What is watched while a phase runs: foreman's RSS, open files and /healthz queue, and normal requests' latency."""
+"""What is watched while a phase runs: foreman's RSS, open files and /healthz queue, and normal requests' latency.
+
+`Sampler` and `Prober` serve every phase; `Watch` bundles them for the
+phases that look at one fault at a time (soak_upload_cut.py, soak_unread.py,
+soak_big_body.py): RSS, a normal chat every 0.5 s and /healthz every 50 ms
+from another client.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +17,7 @@ from dataclasses import dataclass, field
 import load
 import procs
 from api import TINY, health
-from soak_settings import HEALTH_EVERY, PROBE_EVERY, SAMPLE_EVERY
+from soak_settings import HEALTH_EVERY, HEALTH_PROBE_EVERY, OTHER_CLIENT, PROBE_EVERY, SAMPLE_EVERY
 
 
 @dataclass
@@ -89,15 +95,27 @@ class Probe:
 
 
 class Prober:
-    """A small non-streaming chat every 0.5 s on a fresh connection, from each source."""
+    """A request (by default a small non-streaming chat) every `every` s on a fresh connection, from each source.
 
-    def __init__(self, port: int, sources: tuple[tuple[str, str | None], ...], timeline: Timeline, limit: float) -> None:
-        self.port, self.sources, self.timeline = port, sources, timeline
-        self.request = load.post("/api/chat", port, TINY)
+    One goes out every tick whether or not the previous ones have been
+    answered, so a stalled server shows as the latency of those sent into the stall.
+    """
+
+    def __init__(
+        self,
+        port: int,
+        sources: tuple[tuple[str, str | None], ...],
+        timeline: Timeline,
+        limit: float,
+        request: bytes | None = None,
+        every: float = PROBE_EVERY,
+    ) -> None:
+        self.port, self.sources, self.timeline, self.every = port, sources, timeline, every
+        self.request = request if request is not None else load.post("/api/chat", port, TINY)
         self.results: list[Probe] = []
         self.pending: set[asyncio.Future[None]] = set()
         self.stopping = asyncio.Event()
-        self.loop_task = asyncio.ensure_future(self._loop(int(limit / PROBE_EVERY) + 1))
+        self.loop_task = asyncio.ensure_future(self._loop(int(limit / every) + 1))
 
     async def _loop(self, ticks: int) -> None:
         for _ in range(ticks):
@@ -106,7 +124,7 @@ class Prober:
                 self.pending.add(task)
                 task.add_done_callback(self.pending.discard)
             try:
-                await asyncio.wait_for(self.stopping.wait(), PROBE_EVERY)
+                await asyncio.wait_for(self.stopping.wait(), self.every)
                 return
             except TimeoutError:
                 pass
@@ -143,6 +161,33 @@ class Prober:
         return unfinished
 
 
+CHAT_PROBE = ("normal chat (127.0.0.2)", OTHER_CLIENT)
+HEALTH_PROBE = ("/healthz (127.0.0.2)", OTHER_CLIENT)
+
+
+class Watch:
+    """RSS and fds (Sampler), a normal chat every 0.5 s and /healthz every 50 ms, from 127.0.0.2."""
+
+    sources = (CHAT_PROBE, HEALTH_PROBE)
+
+    def __init__(self, pid: int, port: int, timeline: Timeline, limit: float) -> None:
+        self.sampler = Sampler(pid, port, timeline, limit)
+        self.chats = Prober(port, (CHAT_PROBE,), timeline, limit)
+        self.healthz = Prober(
+            port, (HEALTH_PROBE,), timeline, limit, request=load.get("/healthz", port), every=HEALTH_PROBE_EVERY
+        )
+
+    async def stop(self) -> int:
+        """Stop sampling and probing (bounded); how many probes never got an answer. Safe to call twice."""
+        unfinished = await self.chats.stop() + await self.healthz.stop()
+        await self.sampler.stop()
+        return unfinished
+
+    @property
+    def probes(self) -> list[Probe]:
+        return self.chats.results + self.healthz.results
+
+
 # ---------------------------------------------------------------- report
 
 
@@ -158,12 +203,31 @@ def rss_at(timeline: Timeline, t: float) -> tuple[float, int, int] | None:
     return nearest if nearest is not None and abs(nearest[0] - t) <= 1.0 else None
 
 
-def latency_rows(probes: list[Probe], sources: tuple[tuple[str, str | None], ...]) -> list[str]:
+def peak_between(timeline: Timeline, start: float, end: float) -> tuple[float, int, int] | None:
+    """The memory sample with the highest RSS from `start` to `end` (seconds on the timeline)."""
+    return max((m for m in timeline.memory if start <= m[0] <= end), key=lambda m: m[1], default=None)
+
+
+def rss_series(timeline: Timeline, start: float, end: float, step: float) -> str:
+    """RSS every `step` seconds from `start` to `end`, as `t=0 s 30.1 → t=1 s 80.2 … MiB` (times from `start`)."""
+    points = []
+    for i in range(int((end - start) / step) + 1):
+        sample = rss_at(timeline, start + i * step)
+        if sample is not None:
+            points.append(f"{i * step:g} s: {sample[1] / 1024:.0f}")
+    return " → ".join(points) + " MiB" if points else "?"
+
+
+WINDOWS = ("before streams", "streams running", "stalled only", "after close")
+
+
+def latency_rows(
+    probes: list[Probe], sources: tuple[tuple[str, str | None], ...], windows: tuple[str, ...] = WINDOWS
+) -> list[str]:
     rows = [
         "| client | while | requests | not 200 | p50 | p99 | max | of which connect, max | queue wait max |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    windows = ("before streams", "streams running", "stalled only", "after close")
     for label, _ in sources:
         for window in windows:
             chosen = [p for p in probes if p.source == label and p.window == window]
@@ -181,3 +245,8 @@ def latency_rows(probes: list[Probe], sources: tuple[tuple[str, str | None], ...
                 f"{f'{max(waits):.3f} s' if waits else '–'} |"
             )
     return rows
+
+
+def unanswered(count: int) -> list[str]:
+    """A line for the report when some of the other client's requests were never answered."""
+    return [f"**{count} requests of the other client had no answer when the phase ended.**", ""] if count else []

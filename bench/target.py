@@ -17,7 +17,14 @@ Just enough HTTP/1.1 (keep-alive, Content-Length request bodies) for:
   per HTTP chunk, each line stamped with `"sent_ns"` (time.time_ns() just
   before the write) so a client can compute arrival minus send; the last line
   has `"done": true`. Non-streaming: one small JSON document with
-  Content-Length.
+  Content-Length. A body larger than 1 MiB is not parsed (the soak's
+  big-body phase sends 60 MB ones): it gets one small non-streaming answer.
+- `POST /api/show`: a small show document for `bench:latest`; bench knob
+  `"options": {"answer_size": N}` pads its `modelfile` to N bytes, for a
+  whole-document answer of any size (the soak's never-reading phase).
+
+Request bodies up to 128 MiB, buffered in one growing bytearray (linear in
+the body's size, however many pieces it comes in).
 
 One asyncio Protocol per connection, no framework, lines pre-formatted: the
 point is that the target is never the bottleneck. The benchmark reads its CPU
@@ -65,9 +72,18 @@ SINGLE = (
     b'{"sent_ns":%d,' + _CREATED + b',"message":{"role":"assistant","content":"%s"},"done":true,'
     b'"done_reason":"stop","total_duration":1,"eval_count":1}'
 )
+SHOW = (
+    b'{"modelfile":"%s","parameters":"","template":"{{ .Prompt }}",'
+    b'"details":{"format":"gguf","family":"bench","parameter_size":"1","quantization_level":"none"},'
+    b'"model_info":{}}'
+)
 REASONS = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed"}
 MAX_HEAD = 64 << 10
-MAX_BODY = 16 << 20
+MAX_BODY = 128 << 20
+# Larger bodies are answered without being parsed: the target must not stall
+# its own loop on a 60 MB document and blur what foreman did with it.
+MAX_PARSED = 1 << 20
+MAX_ANSWER_SIZE = 512 << 20
 YIELD_EVERY = 64
 
 
@@ -80,7 +96,7 @@ class Connection(asyncio.Protocol):
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
-        self.buf = b""
+        self.buf: bytes | bytearray = b""
         self.busy = False  # a streamed answer is being written
         self.closed = False
         self.paused = False
@@ -110,7 +126,13 @@ class Connection(asyncio.Protocol):
             self.resumed.set_result(None)
 
     def data_received(self, data: bytes) -> None:
-        self.buf = self.buf + data if self.buf else data
+        if not self.buf:
+            self.buf = data
+        else:
+            # bytes + bytes copies the whole buffer each time: quadratic for a 60 MB body.
+            if not isinstance(self.buf, bytearray):
+                self.buf = bytearray(self.buf)
+            self.buf += data
         if not self.busy:
             self.pump()
 
@@ -161,18 +183,24 @@ class Connection(asyncio.Protocol):
             self.buf = buf[end + 4 + length :]
             self.dispatch(method, path.split(b"?")[0], body, keep_alive)
 
-    def dispatch(self, method: bytes, path: bytes, body: bytes, keep_alive: bool) -> None:
+    def dispatch(self, method: bytes, path: bytes, body: bytes | bytearray, keep_alive: bool) -> None:
         if path == b"/api/tags":
             if method != b"GET":
                 self.respond(405, b'{"error":"method not allowed"}', keep_alive)
             else:
                 self.respond(200, TAGS, keep_alive)
             return
-        if path != b"/api/chat":
+        if path not in (b"/api/chat", b"/api/show"):
             self.respond(404, b'{"error":"not found"}', keep_alive)
             return
         if method != b"POST":
             self.respond(405, b'{"error":"method not allowed"}', keep_alive)
+            return
+        if path == b"/api/show":
+            self.show(body, keep_alive)
+            return
+        if len(body) > MAX_PARSED:
+            self.respond(200, SINGLE % (time.time_ns(), b"xxxx"), keep_alive)
             return
         try:
             request = json.loads(body)
@@ -196,6 +224,17 @@ class Connection(asyncio.Protocol):
         self.task = asyncio.get_running_loop().create_task(
             self.stream(chunks, content, interval, phase, begin, keep_alive)
         )
+
+    def show(self, body: bytes | bytearray, keep_alive: bool) -> None:
+        size = 0
+        if len(body) <= MAX_PARSED:
+            try:
+                options = json.loads(body).get("options") or {}
+                size = min(MAX_ANSWER_SIZE, max(0, int(options.get("answer_size", 0))))
+            except (ValueError, TypeError, AttributeError) as e:
+                self.respond(400, json.dumps({"error": f"bad show request: {e}"}).encode(), keep_alive)
+                return
+        self.respond(200, SHOW % (b"x" * size), keep_alive)
 
     def respond(self, status: int, body: bytes, keep_alive: bool) -> None:
         assert self.transport is not None
