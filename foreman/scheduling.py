@@ -22,7 +22,9 @@ that, so it waits its turn: a closed loop of long requests cannot jump ahead.
 Model affinity: when the fair choice is a request for a model the target
 does not hold in memory and another client's head request is for one it
 does, that one may go first, but only while the fair request has been
-passed over for less than `affinity` seconds; then it goes.
+passed over for less than `affinity` seconds (counting the time the resident
+request will likely take), and only for a client whose counter is not more
+than `affinity` ahead of the fair one; then the fair request goes.
 """
 
 from __future__ import annotations
@@ -180,11 +182,15 @@ class FairScheduler(Generic[Item]):
         chosen = fair.head()
         if self.affinity > 0 and chosen.model is not None and chosen.model not in resident:
             nearby = self._best_resident(resident)
-            if nearby is not None:
+            # Only a client not already ahead by more than the budget, and only
+            # while what the fair request has been passed over for, plus what
+            # the resident request will likely take, stays within the budget.
+            if nearby is not None and nearby.counter <= fair.counter + self.affinity:
                 now = self._clock()
                 if chosen.passed_since is None:
                     chosen.passed_since = now
-                if now - chosen.passed_since < self.affinity:
+                expected = nearby.mean_service or 0.0
+                if now - chosen.passed_since + expected < self.affinity:
                     chosen = nearby.head()
         return self._dispatch(chosen)
 

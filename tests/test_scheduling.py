@@ -271,3 +271,20 @@ def test_removed_requests_are_never_picked() -> None:
     expected = ({f"a{k}" for k in range(5)} | {f"b{k}" for k in range(5)}) - {"a0", "b3"}
     assert sorted(picked) == sorted(expected)
     assert scheduler.waiting == 0
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_affinity_keeps_the_service_gap_bounded(seed: int) -> None:
+    """Newcomers that keep a model resident must not let its backlogged client run away."""
+    rng = random.Random(seed)
+    budget, load = 30.0, 10.0
+    requests = backlog("essays", 30, lambda k: rng.uniform(60, 120), model="llama")
+    requests += backlog("questions", 200, lambda k: rng.uniform(2, 10), model="qwen")
+    requests += [
+        Req(f"chat{k}", rng.uniform(0, 2000), rng.uniform(1, 5), model="llama") for k in range(40)
+    ]
+    sim = Sim(affinity=budget, load_time=load)
+    log = sim.run(requests)
+    t_max = max(r.service for r in requests) + load
+    until = both_backlogged_until(requests, ("essays", "questions"))
+    assert max_gap(log, ("essays", 1.0), ("questions", 1.0), until) <= 2 * (t_max + budget)
