@@ -73,7 +73,12 @@ class Foreman:
         )
         self.inventory = Inventory(self.target, config.poll_interval)
         self.activity = Activity()
-        self.queue = FairQueue(config.concurrency, config.max_queue, config.queue_timeout)
+        self.queue = FairQueue(
+            config.concurrency,
+            config.max_queue,
+            config.queue_timeout,
+            max_per_client=config.max_queue_per_client,
+        )
         # A good poll proves the target is back: resume a paused queue at once.
         self.inventory.on_success(self.queue.reachable)
         self.tokens = TokenSet(inbound_tokens(config))
