@@ -172,7 +172,60 @@ async def test_refused_tokens_are_answered_alike_and_logged_once_per_minute(star
     assert "the-real" not in caplog.text and "nope" not in caplog.text
 
 
+async def test_only_spaces_and_tabs_around_a_token_are_ignored(start_foreman, stub) -> None:
+    front = start_foreman(FOREMAN_TOKENS="the-real-token")
+    await front.ready()
+
+    async def status(authorization: bytes) -> int:
+        answer = await raw_exchange(
+            front.url,
+            b"GET /api/tags HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            b"Authorization: " + authorization + b"\r\n\r\n",
+        )
+        return int(answer.split(b" ", 2)[1])
+
+    # HTTP's own whitespace around the value and between its parts is fine...
+    for good in (b"Bearer the-real-token", b"Bearer the-real-token \t", b"bearer \t the-real-token"):
+        assert await status(good) == 200, good
+    # ...but a token followed (or preceded) by any other whitespace is another token.
+    # (Tornado reads header bytes as Latin-1: 0xA0 is a non-breaking space.)
+    for extra in (b"\xa0", b"\x85", b"\xc2\xa0"):
+        assert await status(b"Bearer the-real-token" + extra) == 401, extra
+        assert await status(b"Bearer " + extra + b"the-real-token") == 401, extra
+    # Control characters Python also counts as whitespace: Tornado refuses some
+    # header values with them itself (400); none may get through.
+    for extra in (b"\x0b", b"\x0c", b"\x1c", b"\x1f"):
+        assert await status(b"Bearer the-real-token" + extra) in (400, 401), extra
+
+
 # --- faults at the target -------------------------------------------------------------
+
+
+async def test_healthz_names_a_failed_polls_status_but_not_what_the_target_said(start_foreman, caplog) -> None:
+    private = b"open /Users/alice/.ollama/models/manifests/registry: permission denied"
+
+    async def failing_tags(head: bytes, writer: asyncio.StreamWriter) -> None:
+        body = b'{"error":"' + private + b'"}'
+        writer.write(
+            b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        await writer.drain()
+
+    server, url = await serve_raw(failing_tags)
+    try:
+        front = start_foreman(url)
+        with caplog.at_level(logging.INFO):
+            await front.ready()
+            health = await front.fetch("/healthz")  # no token needed
+        assert health.code == 503
+        assert json.loads(health.body)["last_error"] == "the target answered 500"
+        assert b"/Users/alice" not in health.body
+        # The detail is in the log, for whoever runs foreman.
+        polls = [r.getMessage() for r in caplog.records if r.name == "foreman.inventory"]
+        assert any("500" in m and "/Users/alice" in m for m in polls), polls
+    finally:
+        server.close()
 
 
 async def test_target_silent_before_answering_is_504_after_the_idle_timeout(start_foreman, stub) -> None:

@@ -12,7 +12,7 @@ import time
 
 from foreman.handlers.base import BaseHandler, ForemanError, target_failure
 from foreman.handlers.sink import ClientSink
-from foreman.queue import ClientLeft, QueueError, Ticket
+from foreman.queue import ClientLeft, ClientQueueFull, QueueError, Ticket
 from foreman.target import (
     BodyProducer,
     Cancelled,
@@ -62,7 +62,9 @@ class RelayHandler(BaseHandler):
         try:
             ticket = self._ticket = queue.admit(self.client_id)
         except QueueError as e:
-            self.fail(ForemanError(503, str(e), {"Retry-After": str(e.retry_after)}))
+            # Too many of its own requests waiting is the client's to fix: 429.
+            status = 429 if isinstance(e, ClientQueueFull) else 503
+            self.fail(ForemanError(status, str(e), {"Retry-After": str(e.retry_after)}))
             return
         try:
             while True:
