@@ -3,8 +3,10 @@
 Tornado's simple HTTP client cannot reuse a connection, cannot be cancelled
 mid-request, hands a response head over only as text, and swallows a
 malformed head. Subclassing its private per-request `_HTTPConnection` fixes
-all four; nothing else in foreman touches Tornado's internals. If an upgrade
-of Tornado removes what this module needs, foreman refuses to start with one
+all four. A stream does not say how much it has read that nobody asked for,
+which decides whether a connection may be reused: that is read here too.
+Nothing else in foreman touches Tornado's internals. If an upgrade of
+Tornado removes what this module needs, foreman refuses to start with one
 line naming the Tornado it was built for, instead of failing mid-request.
 """
 
@@ -18,10 +20,10 @@ from typing import Any, cast
 import tornado
 from tornado import httpclient, httputil, simple_httpclient
 from tornado.httpclient import HTTPRequest
-from tornado.iostream import IOStream
+from tornado.iostream import BaseIOStream, IOStream
 
 from foreman.target.contract import Upstream
-from foreman.target.pool import ConnectionPool, reusable
+from foreman.target.pool import ConnectionPool, reusable, still_idle
 
 #: the Tornado release line this module was written against (see pyproject.toml)
 BUILT_FOR = "6.6"
@@ -44,6 +46,9 @@ def _missing_names() -> list[str]:
         (simple_httpclient.SimpleAsyncHTTPClient, "_connection_class", "SimpleAsyncHTTPClient._connection_class")
     )
     missing = [label for owner, name, label in wanted if not hasattr(owner, name)]
+    # An instance attribute: look for it where the stream sets it up.
+    if "_read_buffer_size" not in BaseIOStream.__init__.__code__.co_names:
+        missing.append("BaseIOStream._read_buffer_size")
     proxy = getattr(httpclient, "_RequestProxy", None)
     if proxy is not None:
         # The connection finds foreman's request behind Tornado's proxy of it.
@@ -70,6 +75,11 @@ class UpstreamRequest(HTTPRequest):
     upstream: Upstream | None = None
     #: called with the status and headers once the response head is parsed
     on_head: Callable[[int, str, httputil.HTTPHeaders], None] | None = None
+
+
+def buffered_bytes(stream: IOStream) -> int:
+    """How many bytes Tornado has read from `stream` that nobody has asked for yet."""
+    return stream._read_buffer_size
 
 
 def _watch_for_head(stream: IOStream, upstream: Upstream) -> None:
@@ -151,7 +161,12 @@ class _PooledConnection(simple_httpclient._HTTPConnection):
             upstream.detach()
         _stop_watching(self.stream)
         assert self.code is not None and self.headers is not None
-        if reusable(self.code, self.request.method, self.headers, self._version):
+        # Kept only if the answer ended cleanly: nothing read past its end,
+        # the request written out. Decided before detaching: a write still
+        # pending would otherwise finish on a detached connection and fail.
+        if reusable(self.code, self.request.method, self.headers, self._version) and still_idle(
+            self.stream, buffered_bytes
+        ):
             self.tcp_client.give_back(self.connection.detach())
         else:
             self.stream.close()
@@ -162,7 +177,7 @@ class PooledHTTPClient(simple_httpclient.SimpleAsyncHTTPClient):
 
     def initialize(self, **kwargs: Any) -> None:  # type: ignore[override]
         super().initialize(**kwargs)
-        self.tcp_client = ConnectionPool(self.tcp_client)  # type: ignore[assignment]
+        self.tcp_client = ConnectionPool(self.tcp_client, buffered_bytes)  # type: ignore[assignment]
 
     @property
     def pool(self) -> ConnectionPool:
