@@ -29,6 +29,8 @@ def classify(error: BaseException, upstream: Upstream, where: str) -> TargetErro
     """The `TargetError` for `error`, raised by a request to the target at `where`."""
     if isinstance(error, TargetError):
         return error
+    if upstream.refused is not None:
+        return refused(upstream, where)
     if upstream.response_started:
         return TargetUnusable(f"the target {where} broke off its response: {describe(error)}")
     if upstream.head_received or isinstance(error, httputil.HTTPInputError):
@@ -46,6 +48,11 @@ def classify(error: BaseException, upstream: Upstream, where: str) -> TargetErro
         # Connected, but closed or reset before any byte of an answer.
         return TargetUnreachable(f"cannot connect to the target {where}: {describe(error)}")
     return TargetUnusable(f"talking to the target {where} failed: {describe(error)}")
+
+
+def refused(upstream: Upstream, where: str) -> TargetUnusable:
+    """The error for an answer foreman refused (see `Upstream.refuse`)."""
+    return TargetUnusable(f"the target {where} {upstream.refused}")
 
 
 def describe(error: BaseException) -> str:
