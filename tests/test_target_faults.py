@@ -1,4 +1,4 @@
-"""What a broken target can send, through a real foreman: answers too large to hold."""
+"""What a broken target can send, through a real foreman: bombs, odd statuses, banners."""
 
 from __future__ import annotations
 
@@ -136,4 +136,83 @@ async def test_compressed_answer_foreman_cannot_read_is_a_502(start_foreman) -> 
     assert "compressed answer" in (front.inventory.last_error or "")
     response = await front.fetch("/api/ps")
     assert response.code == 502 and "br" in error_of(response)
+    server.close()
+
+
+# -- item 11: odd answers get the answer README promises --
+
+
+async def test_304_on_ps_and_root_is_relayed_not_a_500(start_foreman) -> None:
+    not_modified = answer("304 Not Modified", b"", 'ETag: "1"', length=False)
+    server, url, _ = await target({b"GET /api/ps": not_modified, b"GET /": not_modified})
+    front = start_foreman(url)
+    await front.ready()
+    for path in ("/api/ps", "/"):
+        response = await front.fetch(path)
+        assert response.code == 304, path
+        assert response.body == b""
+    server.close()
+
+
+async def test_204_on_ps_is_relayed_not_a_500(start_foreman) -> None:
+    server, url, _ = await target({b"GET /api/ps": answer("204 No Content", length=False)})
+    front = start_foreman(url)
+    await front.ready()
+    response = await front.fetch("/api/ps")
+    assert response.code == 204 and response.body == b""
+    server.close()
+
+
+async def test_status_that_http_does_not_have_is_a_502(start_foreman) -> None:
+    for status in ("042 Odd", "000 Zero", "600 Beyond"):
+        odd = answer(status, b'{"version":"0.0.0"}', "Content-Type: application/json")
+        server, url, _ = await target({b"GET /api/version": odd, b"GET /api/ps": odd})
+        front = start_foreman(url)
+        await front.ready()
+        for path in ("/api/version", "/api/ps"):
+            response = await front.fetch(path)
+            assert response.code == 502, (status, path, response.code, response.body)
+            assert f"status {int(status.split()[0])}" in error_of(response)
+        server.close()
+
+
+async def test_redirect_on_metadata_routes_keeps_its_location(start_foreman) -> None:
+    moved = answer(
+        "302 Found", b"", "Location: http://127.0.0.1:9/elsewhere", "Content-Type: text/plain"
+    )
+    server, url, asked = await target({b"GET /api/ps": moved, b"GET /": moved})
+    front = start_foreman(url)
+    await front.ready()
+    for path in ("/api/ps", "/"):
+        response = await front.fetch(path, follow_redirects=False)
+        assert response.code == 302, path
+        assert response.headers.get("Location") == "http://127.0.0.1:9/elsewhere", path
+    # foreman did not follow the redirect either.
+    assert [h.split(b" ", 2)[1] for h in asked] == [b"/api/tags", b"/api/ps", b"/"]
+    server.close()
+
+
+async def test_banner_then_close_is_a_502_at_once_not_retried(start_foreman) -> None:
+    chats: list[bytes] = []
+
+    async def behaviour(head: bytes, writer: asyncio.StreamWriter) -> None:
+        if head.startswith(b"GET /api/tags"):
+            writer.write(json_answer(TAGS))
+        else:
+            chats.append(head)
+            writer.write(b"SSH-2.0-OpenSSH_9.2\r\n")  # no blank line: never a complete head
+        await writer.drain()
+
+    server, url = await serve_raw(behaviour)
+    front = start_foreman(url, FOREMAN_QUEUE_TIMEOUT="20s")
+    await front.ready()
+    body = {"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}]}
+    response = await front.fetch("/api/chat", method="POST", body=body)
+    assert response.code == 502, response.body
+    assert "not an HTTP answer" in error_of(response)
+    assert len(chats) == 1  # sent once, never re-sent
+    # A metadata request, and the poll, say the same.
+    response = await front.fetch("/api/ps")
+    assert response.code == 502 and "not an HTTP answer" in error_of(response)
+    assert len(chats) == 2
     server.close()

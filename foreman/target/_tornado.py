@@ -85,14 +85,20 @@ def buffered_bytes(stream: IOStream) -> int:
 def _watch_for_head(stream: IOStream, upstream: Upstream) -> None:
     # Tornado swallows a malformed response head (it logs it and closes the
     # connection), which then looks exactly like a target that hung up
-    # without answering. Noting that a head arrived tells the two apart: one
-    # is worth retrying, the other is not. Tornado's HTTP/1 reader asks for
-    # the head, and only the head, with read_until_regex.
+    # without answering. Noting that a head, or any byte, arrived tells the
+    # two apart: one is worth retrying, the other is not. Tornado's HTTP/1
+    # reader asks for the head, and only the head, with read_until_regex.
     read_head = stream.read_until_regex
 
     def note_arrival(future: asyncio.Future[bytes]) -> None:
-        if not future.cancelled() and future.exception() is None:
-            upstream.head_received = True
+        if future.cancelled():
+            return
+        if future.exception() is None:
+            upstream.head_received = upstream.answered = True
+        elif buffered_bytes(stream):
+            # Closed before a blank line ended a head (a banner, half a
+            # head): what came is still in the buffer.
+            upstream.answered = True
 
     def read_head_noting_arrival(*args: Any, **kwargs: Any) -> Awaitable[bytes]:
         future = cast("asyncio.Future[bytes]", read_head(*args, **kwargs))
@@ -131,7 +137,13 @@ class _PooledConnection(simple_httpclient._HTTPConnection):
         upstream = self._upstream()
         if upstream is not None:
             upstream.last_heard = time.monotonic()
-        if first_line.code >= 200:
+        code = first_line.code
+        if not 100 <= code <= 599:
+            # Tornado takes any number; a client would read it as 200 (or
+            # choke on it). Raising here would log a traceback: refuse instead.
+            self._refuse(upstream, f"answered with status {code}, which HTTP does not have")
+            return
+        if code >= 200:
             if upstream is not None:
                 upstream.response_started = True
             # Hands over Tornado's parsed head, where a header_callback would
@@ -139,6 +151,14 @@ class _PooledConnection(simple_httpclient._HTTPConnection):
             on_head = getattr(self.request.request, "on_head", None)  # type: ignore[attr-defined]
             if on_head is not None:
                 on_head(first_line.code, first_line.reason, headers)
+
+    def _refuse(self, upstream: Upstream | None, reason: str) -> None:
+        # Whatever Tornado already buffered may still be handed over after the
+        # close: it goes nowhere, without a test per chunk in data_received.
+        self._streaming_callback = _discard
+        if upstream is not None:
+            upstream.refuse(reason)
+        self.stream.close()
 
     def data_received(self, chunk: bytes) -> Awaitable[None] | None:
         # Called per chunk of every stream: skip the base class's redirect
@@ -170,6 +190,10 @@ class _PooledConnection(simple_httpclient._HTTPConnection):
             self.tcp_client.give_back(self.connection.detach())
         else:
             self.stream.close()
+
+
+def _discard(chunk: bytes) -> None:
+    return None
 
 
 class PooledHTTPClient(simple_httpclient.SimpleAsyncHTTPClient):

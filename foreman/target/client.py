@@ -107,7 +107,12 @@ class TargetClient:
             response_headers = response_headers.copy()
             del response_headers["Content-Encoding"]
         if not 200 <= response.code < 300:
-            raise TargetStatusError(response.code, content, response_headers.get("Content-Type"))
+            raise TargetStatusError(
+                response.code,
+                content,
+                response_headers.get("Content-Type"),
+                response_headers.get("Location"),
+            )
         return TargetResponse(response.code, response_headers, content)
 
     async def relay(
@@ -169,6 +174,10 @@ class TargetClient:
         finally:
             watchdog.stop()
             upstream.detach()
+        if upstream.refused is not None:
+            # Refused (an invalid status) after Tornado had read the whole
+            # answer anyway; none of it went to the sink.
+            raise refused(upstream, self.display_url)
 
     def _authorize(self, headers: httputil.HTTPHeaders) -> None:
         if self._token:

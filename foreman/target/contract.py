@@ -60,6 +60,8 @@ class Upstream:
         self.connected = False
         #: the target's header block arrived (even if it then failed to parse)
         self.head_received = False
+        #: some bytes of an answer arrived, a complete head or not (it is there, and talking)
+        self.answered = False
         #: why foreman refused the target's answer and closed the connection, or None
         self.refused: str | None = None
         #: the target's status and headers were parsed and passed on

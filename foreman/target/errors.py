@@ -34,11 +34,15 @@ class TargetUnusable(TargetError):
 class TargetStatusError(TargetError):
     """The target answered with a non-2xx status."""
 
-    def __init__(self, status: int, body: bytes, content_type: str | None) -> None:
+    def __init__(
+        self, status: int, body: bytes, content_type: str | None, location: str | None = None
+    ) -> None:
         super().__init__(f"target answered {status}: {body[:200]!r}")
         self.status = status
         self.body = body
         self.content_type = content_type
+        #: where a redirect (3xx) points, to pass on with the status
+        self.location = location
 
 
 class Cancelled(TargetError):

@@ -3,7 +3,8 @@
 The stage the request reached decides: an error before a connection was
 established (name lookup, TCP connect, TLS handshake, including their
 timeouts) means the target is unreachable and the request may wait it out;
-after that, silence is a timeout and garbage is unusable.
+after that, silence is a timeout and garbage is unusable. Any byte received
+means the target answered: a request is retried only when nothing came back.
 """
 
 from __future__ import annotations
@@ -35,6 +36,11 @@ def classify(error: BaseException, upstream: Upstream, where: str) -> TargetErro
         return TargetUnusable(f"the target {where} broke off its response: {describe(error)}")
     if upstream.head_received or isinstance(error, httputil.HTTPInputError):
         return TargetUnusable(f"the target {where} sent a malformed HTTP response")
+    if upstream.answered:
+        # Bytes, but never a complete head (an SSH or SMTP banner, then a
+        # close): something is listening there and it is not Ollama. Retrying
+        # would only send the request again.
+        return TargetUnusable(f"the target {where} sent something that is not an HTTP answer")
     if isinstance(error, ssl.SSLError):
         # A certificate or protocol mismatch is a configuration error;
         # retrying cannot fix it. (A handshake that times out is not this.)
