@@ -202,10 +202,20 @@ class BaseHandler(tornado.web.RequestHandler):
         self.finish(self.error_document(status_code, message))
 
     def send_target_answer(self, error: TargetStatusError) -> None:
-        """Pass a target's error answer through unchanged."""
+        """Pass a target's error answer through unchanged (a redirect with its `Location`)."""
         self.set_status(error.status)
-        self.set_header("Content-Type", error.content_type or JSON)
-        self.finish(error.body)
+        if error.location is not None:
+            self.set_header("Location", error.location)
+        self.send_target_body(error.content_type or JSON, error.body)
+
+    def send_target_body(self, content_type: str, body: bytes) -> None:
+        """Finish with a body the target sent, unless the status allows none (204, 304)."""
+        if self.get_status() in (204, 304):
+            # Tornado refuses to send a body with these, with a traceback.
+            self.finish()
+            return
+        self.set_header("Content-Type", content_type)
+        self.finish(body)
 
 
 class NotFoundHandler(BaseHandler):

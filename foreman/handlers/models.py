@@ -45,8 +45,8 @@ class RunningModelsHandler(BaseHandler):
         except TargetError as e:
             self.fail(target_failure(e))
             return
-        self.set_header("Content-Type", response.headers.get("Content-Type", JSON))
-        self.finish(response.body)
+        self.set_status(response.status)
+        self.send_target_body(response.headers.get("Content-Type", JSON), response.body)
 
 
 routes = [

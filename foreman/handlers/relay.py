@@ -133,7 +133,7 @@ class RelayHandler(BaseHandler):
             self.answer_failure(e, sink, method, path)
             return None
         except TargetError as e:
-            if upstream.head_received:
+            if upstream.answered:  # even with garbage: it is there, retrying will not help
                 queue.reachable()
             self.answer_failure(e, sink, method, path)
             return None

@@ -39,11 +39,15 @@ class TargetStatusError(TargetError):
     is `excerpt`, for the log.
     """
 
-    def __init__(self, status: int, body: bytes, content_type: str | None) -> None:
+    def __init__(
+        self, status: int, body: bytes, content_type: str | None, location: str | None = None
+    ) -> None:
         super().__init__(f"the target answered {status}")
         self.status = status
         self.body = body
         self.content_type = content_type
+        #: where a redirect (3xx) points, to pass on with the status
+        self.location = location
 
     @property
     def excerpt(self) -> str:
