@@ -13,6 +13,7 @@ import time
 from foreman.handlers.base import BaseHandler, ForemanError, target_failure
 from foreman.handlers.sink import ClientSink
 from foreman.queue import ClientLeft, ClientQueueFull, QueueError, Ticket
+from foreman.shown import shown
 from foreman.target import (
     BodyProducer,
     Cancelled,
@@ -125,7 +126,7 @@ class RelayHandler(BaseHandler):
                     sink, method, path, status=503,
                 )
             else:
-                log.debug("client left %s %s; target request closed: %s", method, path, e)
+                log.debug("client left %s %s; target request closed: %s", method, shown(path), e)
             return None
         except TargetUnreachable as e:
             if retry_unreachable and not self._client_gone:
@@ -153,7 +154,7 @@ class RelayHandler(BaseHandler):
         if sink.sent:
             # Status and headers are on the wire; all that is left is to say
             # what happened in the stream itself, as Ollama does.
-            log.warning("%s %s broke off mid-stream: %s", method, path, error)
+            log.warning("%s %s broke off mid-stream: %s", method, shown(path), error)
             document = self.error_document(status, str(error))
             if sink.media_type == "text/event-stream":
                 line = f"data: {document}\n\n"
