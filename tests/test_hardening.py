@@ -179,7 +179,7 @@ async def test_only_spaces_and_tabs_around_a_token_are_ignored(start_foreman, st
     async def status(authorization: bytes) -> int:
         answer = await raw_exchange(
             front.url,
-            b"GET /api/tags HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            b"GET /api/tags HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
             b"Authorization: " + authorization + b"\r\n\r\n",
         )
         return int(answer.split(b" ", 2)[1])
