@@ -6,6 +6,7 @@ import tornado.web
 
 from foreman.config import Config
 from foreman.handlers import NotFoundHandler, routes
+from foreman.handlers.preflight import preflight_rules
 from foreman.logs import log_request
 from foreman.services import Services
 
@@ -17,8 +18,12 @@ def inbound_tokens(config: Config) -> list[str]:
 
 def make_app(services: Services) -> tornado.web.Application:
     return tornado.web.Application(
-        # Each handler knows its route pattern: a metrics label of bounded size.
-        [(pattern, handler, {"services": services, "route": pattern}) for pattern, handler in routes],
+        [
+            # CORS preflights first: they go to the target whatever the route.
+            *preflight_rules(routes, services),
+            # Each handler knows its route pattern: a metrics label of bounded size.
+            *((pattern, handler, {"services": services, "route": pattern}) for pattern, handler in routes),
+        ],
         default_handler_class=NotFoundHandler,
         default_handler_args={"services": services, "route": "other"},
         log_function=log_request,

@@ -10,6 +10,17 @@ from collections.abc import Callable, Iterable
 
 log = logging.getLogger("foreman.auth")
 
+# The whitespace HTTP allows around the parts of a header value. str.strip()
+# would also remove Unicode spaces (a non-breaking space, \x1c-\x1f, \x85),
+# accepting a token with bytes after it that the token does not have.
+_HTTP_WHITESPACE = " \t"
+
+
+def bearer_credential(authorization: str | None) -> tuple[str, str]:
+    """(scheme, credential) of an `Authorization` value, trimmed of spaces and tabs only."""
+    scheme, _, credential = (authorization or "").strip(_HTTP_WHITESPACE).partition(" ")
+    return scheme, credential.strip(_HTTP_WHITESPACE)
+
 
 class TokenSet:
     """The bearer tokens foreman accepts from its clients."""
@@ -29,8 +40,8 @@ class TokenSet:
         """Whether an `Authorization` header value carries an accepted token."""
         if not self._tokens:
             return True
-        scheme, _, credential = (authorization or "").strip().partition(" ")
-        offered = credential.strip().encode()
+        scheme, credential = bearer_credential(authorization)
+        offered = credential.encode()
         # Compare against every token, always, so the time taken says nothing
         # about which token (or how much of one) matched.
         matched = False
@@ -46,7 +57,7 @@ def client_identity(authorization: str | None, remote_ip: str | None, auth_enabl
     person's laptop and phone share a turn; with auth off, its address.
     """
     if auth_enabled:
-        credential = (authorization or "").strip().partition(" ")[2].strip()
+        credential = bearer_credential(authorization)[1]
         return "token:" + hashlib.sha256(credential.encode()).hexdigest()[:12]
     return remote_ip or "unknown"
 

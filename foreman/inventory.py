@@ -22,7 +22,7 @@ from collections.abc import Callable
 from tornado.ioloop import PeriodicCallback
 
 from foreman.names import canonical
-from foreman.target import Target, TargetError, TargetUnusable
+from foreman.target import Target, TargetError, TargetStatusError, TargetUnusable
 
 log = logging.getLogger("foreman.inventory")
 
@@ -102,12 +102,17 @@ class Inventory:
         try:
             response = await self._target.fetch("/api/tags")
             names = _model_names(response.json())
+        except TargetStatusError as e:
+            # What the target said goes to the log only: /healthz shows last_error
+            # to anyone, and an error body can name local paths.
+            self._record_failure(str(e), detail=f"its answer began {e.excerpt}")
+            return False
         except TargetError as e:
             self._record_failure(str(e))
             return False
         except Exception as e:  # a poll must never kill the poller
             log.exception("unexpected error while polling the target")
-            self._record_failure(f"unexpected error: {e}")
+            self._record_failure(f"unexpected error ({type(e).__name__}); see foreman's log")
             return False
         else:
             self._record_success(response.body, names)
@@ -129,9 +134,13 @@ class Inventory:
         self.last_error = None
         self.degraded = False
 
-    def _record_failure(self, error: str) -> None:
+    def _record_failure(self, error: str, detail: str | None = None) -> None:
+        """Note a failed poll; `error` is shown by /healthz, `detail` only logged."""
         if not self.degraded or not self.polls_tried or error != self.last_error:
-            log.warning("polling the target failed: %s", error)
+            if detail:
+                log.warning("polling the target failed: %s; %s", error, detail)
+            else:
+                log.warning("polling the target failed: %s", error)
         self.last_error = error
         self.degraded = True
 

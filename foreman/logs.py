@@ -11,6 +11,7 @@ from typing import Any
 import tornado.web
 
 from foreman.record import RequestRecord
+from foreman.shown import bounded, escaped, shown
 
 access_log = logging.getLogger("foreman.access")
 
@@ -36,15 +37,29 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class TextFormatter(logging.Formatter):
+    """`<date> <time> <LEVEL> <logger>: <message>`, one line a record.
+
+    Client-controlled parts are escaped where they are logged; escaping the
+    line once more here keeps anything missed from starting a line of its own
+    (a traceback, added after this, keeps its lines).
+    """
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        line = super().formatMessage(record)
+        return escaped(line)
+
+
 def configure(log_format: str, level: str) -> None:
     """Send every log record to stderr in the chosen format."""
     handler = logging.StreamHandler(sys.stderr)
     if log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-        )
+        handler.setFormatter(TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -81,7 +96,7 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
     details = "".join(
         f" {name}={value}"
         for name, value in (
-            ("model", record.model),
+            ("model", None if record.model is None else shown(record.model)),
             ("client", record.client),
             ("wait", None if queue_wait is None else f"{queue_wait:.3f}s"),
             ("ttfb", None if ttfb_ms is None else f"{ttfb_ms:.1f}ms"),
@@ -90,20 +105,22 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
         )
         if value is not None
     )
+    # Method, path and model are the client's: bounded always, and escaped
+    # in the text line (json.dumps escapes them in the JSON record).
     access_log.log(
         level,
         "%s %s %d %.1fms%s",
-        record.method,
-        record.path,
+        shown(record.method),
+        shown(record.path),
         status,
         duration_ms,
         details,
         extra={
-            "method": record.method,
-            "path": record.path,
+            "method": bounded(record.method),
+            "path": bounded(record.path),
             "status": status,
             "duration_ms": round(duration_ms, 3),
-            "model": record.model,
+            "model": None if record.model is None else bounded(record.model),
             "client": record.client or None,
             "queue_wait": None if queue_wait is None else round(queue_wait, 6),
             "ttfb_ms": ttfb_ms,

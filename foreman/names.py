@@ -66,3 +66,18 @@ def canonical(name: str) -> str:
     if parts is None:
         return "!" + name.strip().lower()
     return f"{parts.host}/{parts.namespace}/{parts.model}:{parts.tag}".lower()
+
+
+def plain(name: str) -> bool:
+    """Whether `name` is a model name and nothing more: fit to put in a URL path.
+
+    `parse` is as lenient as Ollama (spaces around a name, a `scheme://`
+    before the host); a name that goes on the wire as part of a path gets
+    none of that: no empty, `.` or `..` segment, nothing but the characters
+    of a name's parts, `/` between them and `:` before a tag or a port.
+    """
+    if name != name.strip() or "://" in name:
+        return False
+    if any(segment in ("", ".", "..") for segment in name.split("/")):
+        return False
+    return parse(name) is not None

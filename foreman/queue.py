@@ -1,7 +1,8 @@
 """One fair, bounded queue in front of the target.
 
 At most `concurrency` generation requests are at the target at once; up to
-`max_queue` more wait. Turns go round-robin across clients that have work
+`max_queue` more wait, at most `max_per_client` of them from any one client,
+so one client cannot fill the queue and lock the others out. Turns go round-robin across clients that have work
 waiting and first-in-first-out within a client, so a client with one request
 waits behind at most one request of each other client, however many those
 have queued.
@@ -40,6 +41,10 @@ class QueueFull(QueueError):
     pass
 
 
+class ClientQueueFull(QueueError):
+    """This client already has as many requests waiting as one client may."""
+
+
 class QueueTimeout(QueueError):
     pass
 
@@ -75,9 +80,13 @@ class FairQueue:
         max_queue: int,
         timeout: float,
         clock: Callable[[], float] = time.monotonic,
+        *,
+        max_per_client: int | None = None,
     ) -> None:
         self.concurrency = concurrency
         self.max_queue = max_queue
+        #: waiting requests one client may have; None: only `max_queue` bounds them
+        self.max_per_client = max_per_client
         self.timeout = timeout
         self._clock = clock
         # Clients with waiting tickets, in the order their next turn comes.
@@ -113,6 +122,16 @@ class FairQueue:
         """Take a place in the queue, or be refused at once."""
         if self.closed:
             raise _shutting_down()
+        own = self._tickets.get(client)
+        if self.max_per_client is not None and own is not None and len(own) >= self.max_per_client:
+            # Its own next turn frees a place: at most one turn of each client
+            # ahead of it in the rotation away.
+            ahead = self._rotation.index(client) + 1
+            raise ClientQueueFull(
+                f"too many requests from this client waiting in foreman's queue "
+                f"({len(own)}); retry when some have finished",
+                self._estimate(ahead),
+            )
         if self.waiting >= self.max_queue and not self._free_slot():
             raise QueueFull(
                 f"foreman's queue is full ({self.max_queue} requests waiting); retry later",
@@ -196,10 +215,14 @@ class FairQueue:
 
     def retry_after(self) -> int:
         """Whole seconds until a place is likely free, from recent service times."""
+        return self._estimate(self.waiting + 1)
+
+    def _estimate(self, turns: int) -> int:
+        """Whole seconds (at least 1) that `turns` more turns likely take."""
         if not self._service_times:
             return 1
         mean = sum(self._service_times) / len(self._service_times)
-        return max(1, math.ceil(mean * (self.waiting + 1) / self.concurrency))
+        return max(1, math.ceil(mean * turns / self.concurrency))
 
     # --- bookkeeping -------------------------------------------------------
 

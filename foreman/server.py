@@ -13,6 +13,7 @@ from collections.abc import Callable
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
+from foreman.accept import Acceptor
 from foreman.activity import Activity
 from foreman.app import inbound_tokens, make_app
 from foreman.auth import FailedAuthLog, TokenSet
@@ -72,7 +73,12 @@ class Foreman:
         )
         self.inventory = Inventory(self.target, config.poll_interval)
         self.activity = Activity()
-        self.queue = FairQueue(config.concurrency, config.max_queue, config.queue_timeout)
+        self.queue = FairQueue(
+            config.concurrency,
+            config.max_queue,
+            config.queue_timeout,
+            max_per_client=config.max_queue_per_client,
+        )
         # A good poll proves the target is back: resume a paused queue at once.
         self.inventory.on_success(self.queue.reachable)
         self.tokens = TokenSet(inbound_tokens(config))
@@ -92,6 +98,7 @@ class Foreman:
             body_timeout=config.client_timeout,
             max_header_size=MAX_HEADER_SIZE,
         )
+        self.acceptor: Acceptor | None = None
         self.urls: list[str] = []
         self.first_poll: asyncio.Future[bool] | None = None
 
@@ -106,7 +113,10 @@ class Foreman:
             raise ListenError(
                 e.errno, f"cannot listen on {shown}:{port} (FOREMAN_LISTEN): {e.strerror or e}"
             ) from None
-        self.server.add_sockets(sockets)
+        # Our own accept loop, not add_sockets': Tornado's spins at full CPU
+        # when accept() fails for lack of file descriptors.
+        self.acceptor = Acceptor(self.server, sockets)
+        self.acceptor.start()
         self.urls = listening_urls(sockets)
         self.first_poll = self.inventory.start()
 
@@ -131,7 +141,8 @@ class Foreman:
         Requests still running then are ended with an error a client can act
         on (an in-band error line when their answer has begun), not cut off.
         """
-        self.server.stop()
+        if self.acceptor is not None:
+            self.acceptor.stop()
         self.activity.draining = True
         self.queue.close()
         self.inventory.stop()

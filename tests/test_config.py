@@ -22,6 +22,7 @@ ALL_VARIABLES = [
     "FOREMAN_SHUTDOWN_GRACE",
     "FOREMAN_CONCURRENCY",
     "FOREMAN_MAX_QUEUE",
+    "FOREMAN_MAX_QUEUE_PER_CLIENT",
     "FOREMAN_QUEUE_TIMEOUT",
     "FOREMAN_ADMIN_TOKENS",
     "FOREMAN_ADMIN_TOKENS_FILE",
@@ -649,6 +650,9 @@ def test_queue_settings_defaults_and_values():
     custom = load({"FOREMAN_CONCURRENCY": "4", "FOREMAN_MAX_QUEUE": "0", "FOREMAN_QUEUE_TIMEOUT": "1m30s"})
     assert (custom.concurrency, custom.max_queue, custom.queue_timeout) == (4, 0, 90.0)
     assert load({}, flags("--concurrency", "2")).concurrency == 2
+    assert defaults.max_queue_per_client == 32
+    assert load({"FOREMAN_MAX_QUEUE_PER_CLIENT": "1"}).max_queue_per_client == 1
+    assert load({}, flags("--max-queue-per-client", "5")).max_queue_per_client == 5
 
 
 @pytest.mark.parametrize(
@@ -659,6 +663,8 @@ def test_queue_settings_defaults_and_values():
         ("FOREMAN_CONCURRENCY", "1.5"),
         ("FOREMAN_MAX_QUEUE", "-1"),
         ("FOREMAN_MAX_QUEUE", "99999999"),
+        ("FOREMAN_MAX_QUEUE_PER_CLIENT", "0"),
+        ("FOREMAN_MAX_QUEUE_PER_CLIENT", "-3"),
         ("FOREMAN_QUEUE_TIMEOUT", "0"),
         ("FOREMAN_QUEUE_TIMEOUT", "forever"),
     ],

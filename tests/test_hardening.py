@@ -53,7 +53,7 @@ async def test_chunked_body_growing_past_the_limit_is_cut_off(start_foreman, stu
     front = start_foreman(FOREMAN_MAX_BODY="1KB")
     await front.ready()
     chunk = b"x" * 600
-    data = (b"POST /api/chat HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    data = (b"POST /api/chat HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n"
             + b"%x\r\n%s\r\n" % (len(chunk), chunk) * 3 + b"0\r\n\r\n")
     answer = await raw_exchange(front.url, data)
     assert not answer.startswith(b"HTTP/1.1 200")
@@ -65,9 +65,9 @@ async def test_client_that_stalls_in_its_head_or_body_is_closed(start_foreman, s
     await front.ready()
     host, port = front.url.removeprefix("http://").split(":")
     half_head = await asyncio.open_connection(host, int(port))
-    half_head[1].write(b"POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Le")
+    half_head[1].write(b"POST /api/chat HTTP/1.1\r\nHost: localhost\r\nContent-Le")
     no_body = await asyncio.open_connection(host, int(port))
-    no_body[1].write(b"POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"mo")
+    no_body[1].write(b"POST /api/chat HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n{\"mo")
     silent = await asyncio.open_connection(host, int(port))
     for reader, writer in (half_head, no_body, silent):
         await closed_by_server(reader, 10)  # within ~1 s, not Tornado's hour
@@ -87,7 +87,7 @@ async def test_client_that_stops_reading_is_dropped_and_the_target_request_close
     sock.setblocking(False)
     await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
     body = json.dumps({**CHAT, "options": {"num_predict": 200_000}}).encode()
-    sock.sendall(b"POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    sock.sendall(b"POST /api/chat HTTP/1.1\r\nHost: localhost\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
     # The client never reads: buffers fill, flushes stall, and foreman lets go.
     await stub.wait_for(lambda: stub.chats_disconnected == 1, timeout=30)
     assert stub.chats_finished == 0
@@ -120,7 +120,7 @@ async def test_client_that_stops_reading_is_dropped_and_the_target_request_close
 async def test_ambiguous_framing_is_refused_and_never_forwarded(foreman, stub, head) -> None:
     await foreman.ready()
     body = json.dumps(CHAT).encode()[:20]
-    answer = await raw_exchange(foreman.url, b"POST /api/chat HTTP/1.1\r\nHost: x\r\n" + head + b"\r\n" + body)
+    answer = await raw_exchange(foreman.url, b"POST /api/chat HTTP/1.1\r\nHost: localhost\r\n" + head + b"\r\n" + body)
     assert answer.startswith(b"HTTP/1.1 400") or answer == b""
     assert not [r for r in stub.requests if r.path == "/api/chat"]
     assert (await foreman.fetch("/api/chat", method="POST", body=CHAT)).code == 200
@@ -150,7 +150,7 @@ async def test_method_a_route_does_not_take_is_405_json(foreman, stub) -> None:
 
 async def test_oversized_header_is_refused(foreman, stub) -> None:
     await foreman.ready()
-    answer = await raw_exchange(foreman.url, b"GET /api/tags HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n")
+    answer = await raw_exchange(foreman.url, b"GET /api/tags HTTP/1.1\r\nHost: localhost\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n")
     assert not answer.startswith(b"HTTP/1.1 200")
     assert (await foreman.fetch("/api/tags")).code == 200
 
@@ -172,7 +172,60 @@ async def test_refused_tokens_are_answered_alike_and_logged_once_per_minute(star
     assert "the-real" not in caplog.text and "nope" not in caplog.text
 
 
+async def test_only_spaces_and_tabs_around_a_token_are_ignored(start_foreman, stub) -> None:
+    front = start_foreman(FOREMAN_TOKENS="the-real-token")
+    await front.ready()
+
+    async def status(authorization: bytes) -> int:
+        answer = await raw_exchange(
+            front.url,
+            b"GET /api/tags HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
+            b"Authorization: " + authorization + b"\r\n\r\n",
+        )
+        return int(answer.split(b" ", 2)[1])
+
+    # HTTP's own whitespace around the value and between its parts is fine...
+    for good in (b"Bearer the-real-token", b"Bearer the-real-token \t", b"bearer \t the-real-token"):
+        assert await status(good) == 200, good
+    # ...but a token followed (or preceded) by any other whitespace is another token.
+    # (Tornado reads header bytes as Latin-1: 0xA0 is a non-breaking space.)
+    for extra in (b"\xa0", b"\x85", b"\xc2\xa0"):
+        assert await status(b"Bearer the-real-token" + extra) == 401, extra
+        assert await status(b"Bearer " + extra + b"the-real-token") == 401, extra
+    # Control characters Python also counts as whitespace: Tornado refuses some
+    # header values with them itself (400); none may get through.
+    for extra in (b"\x0b", b"\x0c", b"\x1c", b"\x1f"):
+        assert await status(b"Bearer the-real-token" + extra) in (400, 401), extra
+
+
 # --- faults at the target -------------------------------------------------------------
+
+
+async def test_healthz_names_a_failed_polls_status_but_not_what_the_target_said(start_foreman, caplog) -> None:
+    private = b"open /Users/alice/.ollama/models/manifests/registry: permission denied"
+
+    async def failing_tags(head: bytes, writer: asyncio.StreamWriter) -> None:
+        body = b'{"error":"' + private + b'"}'
+        writer.write(
+            b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        await writer.drain()
+
+    server, url = await serve_raw(failing_tags)
+    try:
+        front = start_foreman(url)
+        with caplog.at_level(logging.INFO):
+            await front.ready()
+            health = await front.fetch("/healthz")  # no token needed
+        assert health.code == 503
+        assert json.loads(health.body)["last_error"] == "the target answered 500"
+        assert b"/Users/alice" not in health.body
+        # The detail is in the log, for whoever runs foreman.
+        polls = [r.getMessage() for r in caplog.records if r.name == "foreman.inventory"]
+        assert any("500" in m and "/Users/alice" in m for m in polls), polls
+    finally:
+        server.close()
 
 
 async def test_target_silent_before_answering_is_504_after_the_idle_timeout(start_foreman, stub) -> None:
@@ -295,7 +348,7 @@ async def test_a_request_refused_during_the_drain_says_the_connection_closes(sta
     await stub.wait_for(lambda: stub.chats_started == 1)
     draining = asyncio.ensure_future(front.foreman.drain(grace=10))
     await until(lambda: front.foreman.activity.draining)
-    writer.write(b"GET /api/tags HTTP/1.1\r\nHost: x\r\n\r\n")
+    writer.write(b"GET /api/tags HTTP/1.1\r\nHost: localhost\r\n\r\n")
     await writer.drain()
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
     assert head.startswith(b"HTTP/1.1 503")

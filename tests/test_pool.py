@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 
 import pytest
 
@@ -127,3 +128,105 @@ async def test_connections_numbered_past_1024_are_still_reused(io_loop, stub) ->
         for fd in filler:
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+async def test_bytes_after_a_head_answer_never_reach_the_next_request(start_foreman) -> None:
+    """A body sent after a HEAD answer is left in Tornado's buffer: that connection is closed."""
+    tags = b'{"models":[{"name":"llama3.2:latest","model":"llama3.2:latest"}]}'
+    smuggled = b'{"models":[{"name":"someone-elses-answer"}]}'
+    ours = b'{"models":[]}'
+    release = asyncio.Event()
+    heads: list[bytes] = []
+
+    def json_answer(body: bytes) -> bytes:
+        return b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (
+            len(body), body,
+        )
+
+    async def answer(head: bytes, writer: asyncio.StreamWriter) -> None:
+        heads.append(head)
+        if head.startswith(b"HEAD /"):
+            # The HEAD answer and, after it, a whole second answer nobody asked
+            # for, in one write: Tornado reads both and keeps the second.
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 17\r\n\r\n"
+                + json_answer(smuggled)
+            )
+            await writer.drain()
+            await release.wait()  # and keep the connection open, idle
+        elif head.startswith(b"GET /api/tags"):
+            writer.write(json_answer(tags))
+        else:
+            writer.write(json_answer(ours))
+        await writer.drain()
+
+    server, url = await serve_raw(answer)
+    try:
+        front = start_foreman(url)
+        await front.ready()
+        head = await front.fetch("/", method="HEAD")
+        assert head.code == 200 and head.body == b""
+        pool = front.foreman.target.pool
+        reused = pool.reused
+        response = await front.fetch("/api/ps")
+        assert response.code == 200 and response.body == ours
+        assert pool.reused == reused  # the HEAD's connection was closed, not reused
+        assert [h.split(b" ", 2)[:2] for h in heads[1:]] == [[b"HEAD", b"/"], [b"GET", b"/api/ps"]]
+    finally:
+        release.set()
+        server.close()
+
+
+async def test_connection_still_sending_a_request_is_not_reused(start_foreman) -> None:
+    """A target that answers before reading the whole body: that request never ended cleanly."""
+    tags = b'{"models":[{"name":"llama3.2:latest","model":"llama3.2:latest"}]}'
+    release = asyncio.Event()
+    shown: list[bytes] = []
+
+    def json_answer(status: bytes, body: bytes) -> bytes:
+        return b"HTTP/1.1 %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (
+            status, len(body), body,
+        )
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            if head.startswith(b"GET /api/tags"):
+                writer.write(json_answer(b"200 OK", tags))
+            elif len(shown) == 0:
+                shown.append(head)
+                # Answer at once, read none of the body, keep the connection:
+                # foreman is still writing it when the answer is complete.
+                writer.write(json_answer(b"400 Bad Request", b'{"error":"too big"}'))
+                await writer.drain()
+                await release.wait()
+            else:
+                shown.append(head)
+                length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
+                await reader.readexactly(length)
+                writer.write(json_answer(b"200 OK", b'{"modelfile":""}'))
+            await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    try:
+        # A request sent down the busy connection would wait for the target's
+        # silence to end it: sooner than the test's deadline.
+        front = start_foreman(url, FOREMAN_TARGET_IDLE_TIMEOUT="5s")
+        await front.ready()
+        big = {"model": "llama3.2", "pad": "x" * (24 << 20)}  # more than the sockets' buffers hold
+        first = await front.fetch("/api/show", method="POST", body=big)
+        assert first.code == 400
+        pool = front.foreman.target.pool
+        reused = pool.reused
+        second = await front.fetch("/api/show", method="POST", body={"model": "llama3.2"})
+        assert second.code == 200 and second.body == b'{"modelfile":""}'
+        assert pool.reused == reused
+        assert len(shown) == 2
+    finally:
+        release.set()
+        server.close()

@@ -6,6 +6,8 @@ import asyncio
 import json
 import logging
 
+from tornado.httpclient import HTTPRequest
+
 from tests.helpers import StreamReader, ndjson, raw_post, serve_raw, until
 
 MODEL = "llama3.2"
@@ -71,6 +73,45 @@ async def test_full_queue_is_refused_at_once_with_retry_after(start_foreman, stu
     stub.hold.set()
     assert [r.code for r in await asyncio.gather(*held)] == [200, 200, 200]
     assert stub.chats_started == 3
+
+
+async def test_one_client_cannot_fill_the_queue(start_foreman, stub) -> None:
+    front = start_foreman(FOREMAN_CONCURRENCY="1", FOREMAN_TOKENS="alice,bob")
+    await front.ready()
+    queue = front.foreman.queue
+    # The defaults: FOREMAN_MAX_QUEUE 128, FOREMAN_MAX_QUEUE_PER_CLIENT 32.
+    stub.hold = asyncio.Event()
+    http = front.client(max_clients=150)
+
+    def chat(token: str, path: str = "/api/chat", body: dict | None = None) -> asyncio.Future:
+        request = HTTPRequest(
+            front.url + path, method="POST", body=json.dumps(body or chat_body(stream=False)),
+            headers={"Authorization": f"Bearer {token}"}, request_timeout=60,
+        )
+        return asyncio.ensure_future(http.fetch(request, raise_error=False))
+
+    alice = [chat("alice") for _ in range(140)]
+    # One at the target, 32 waiting: the other 107 are refused at once.
+    await until(lambda: sum(f.done() for f in alice) + queue.waiting + queue.in_flight == 140)
+    assert (queue.in_flight, queue.waiting, sum(f.done() for f in alice)) == (1, 32, 107)
+    admitted = [f for f in alice if not f.done()]
+    refused = [f.result() for f in alice if f.done()]
+    assert {r.code for r in refused} == {429}
+    for r in refused:
+        assert int(r.headers["Retry-After"]) >= 1
+        assert "too many requests from this client" in json.loads(r.body)["error"]
+    # The same under /v1, in OpenAI's shape.
+    v1 = await chat("alice", "/v1/chat/completions", {"model": MODEL, "messages": []})
+    assert v1.code == 429 and int(v1.headers["Retry-After"]) >= 1
+    assert json.loads(v1.body)["error"]["type"] == "api_error"
+
+    # Another client is still admitted while the queue has room.
+    bob = chat("bob")
+    await until(lambda: queue.waiting == 33)
+    stub.hold.set()
+    served = await asyncio.gather(bob, *admitted)
+    assert [r.code for r in served] == [200] * 34
+    assert stub.chats_started == 34
 
 
 async def test_retry_after_grows_with_recent_service_times(start_foreman, stub) -> None:

@@ -27,6 +27,7 @@ from foreman import queue as queue_module
 from foreman.queue import (
     FIRST_BACKOFF,
     ClientLeft,
+    ClientQueueFull,
     FairQueue,
     QueueClosed,
     QueueFull,
@@ -102,7 +103,7 @@ class Request:
     admitted_at: int | None = None  # index in World.log
     granted_at: int | None = None
     grants: int = 0
-    outcome: str | None = None  # "served", "left waiting", "left holding"
+    outcome: str | None = None  # "served", "left waiting", "left holding", "refused"
 
     def __repr__(self) -> str:
         return f"{self.client}#{self.number}"
@@ -118,6 +119,9 @@ class World:
     waiting: list[Request] = field(default_factory=list)  # in admission order
     holding: set[Request] = field(default_factory=set)
     max_waiting: int = 0
+    #: admissions of a client while another client had its whole share waiting
+    admitted_beside_full: int = 0
+    refusals: Counter = field(default_factory=Counter)  # by exception name
 
     def call(self, method: Callable, *args) -> None:
         method(*args)
@@ -146,13 +150,45 @@ class World:
         # No slot stays idle while a request waits.
         if q.waiting:
             assert q.in_flight == q.concurrency, f"{q.waiting} wait with only {q.in_flight} in flight"
+        # No client holds more than its share of the waiting places.
+        if q.max_per_client is not None and self.waiting:
+            client, most = Counter(r.client for r in self.waiting).most_common(1)[0]
+            assert most <= q.max_per_client, f"{client} has {most} waiting, share {q.max_per_client}"
 
-    def admit(self, r: Request) -> None:
+    def admit(self, r: Request) -> bool:
+        """Ask for a place; whether it was given. Refused exactly when the test expects it."""
+        q = self.queue
+        per_client = Counter(w.client for w in self.waiting)
+        own = per_client[r.client]
+        share = q.max_per_client
+        if share is None or own < share:
+            expected = QueueFull if len(self.waiting) >= q.max_queue else None
+        else:
+            expected = ClientQueueFull
+        try:
+            ticket = q.admit(r.client)
+        except (ClientQueueFull, QueueFull) as e:
+            assert type(e) is expected, (
+                f"{r} refused with {type(e).__name__}: {own} of its own and "
+                f"{len(self.waiting)} in all waiting"
+            )
+            assert e.retry_after >= 1
+            self.refusals[type(e).__name__] += 1
+            r.outcome = "refused"
+            self.log.append(("refuse", r))
+            self.observe()
+            return False
+        r.ticket = ticket
         r.admitted_at = len(self.log)
         self.log.append(("admit", r))
-        r.ticket = self.queue.admit(r.client)
         self.waiting.append(r)
         self.observe()
+        assert expected is None, (
+            f"{r} admitted with {own} of its own and {len(self.waiting) - 1} in all waiting"
+        )
+        if share is not None and any(n >= share for c, n in per_client.items() if c != r.client):
+            self.admitted_beside_full += 1
+        return True
 
     def hang_up(self, r: Request) -> None:
         """The client goes away: while waiting, or while its request is at the target."""
@@ -186,7 +222,8 @@ async def _live(world: World, r: Request) -> None:
     q, clock = world.queue, world.clock
     r.blocker = clock.sleep(r.arrival)
     await r.blocker
-    world.admit(r)
+    if not world.admit(r):
+        return
     if r.patience is not None:
         clock.at(clock.now + r.patience, lambda: world.hang_up(r))
     r.blocker = r.ticket.granted
@@ -254,18 +291,23 @@ def check_fifo_within_clients(log: list[tuple[str, Request]]) -> None:
         assert order == expected, f"{client}: turns {order}, admitted {expected}"
 
 
-async def simulate(seed: int, hangups: bool) -> tuple[World, list[Request]]:
+async def simulate(
+    seed: int, hangups: bool, max_queue: int = ROOMY, max_per_client: int | None = None
+) -> tuple[World, list[Request]]:
     """Run one random workload to its end on a simulated clock."""
     concurrency, requests = workload(random.Random(seed), hangups)
     clock = SimClock()
-    q = FairQueue(concurrency, max_queue=ROOMY, timeout=NEVER, clock=clock)
+    q = FairQueue(
+        concurrency, max_queue=max_queue, timeout=NEVER, clock=clock, max_per_client=max_per_client
+    )
     world = World(q, clock)
     tasks = [asyncio.ensure_future(life(world, r)) for r in requests]
     await asyncio.wait_for(clock.run(lambda: world.settled(requests)), 10)
+    for task in tasks:
+        if task.done():
+            task.result()  # an assertion inside a request's life fails the test here
     stuck = [r for r, task in zip(requests, tasks) if not task.done()]
     assert not stuck, f"never finished: {stuck}; waiting {world.waiting}, holding {world.holding}"
-    for task in tasks:
-        task.result()  # an assertion inside a request's life fails the test here
     return world, requests
 
 
@@ -305,6 +347,88 @@ async def test_sim_clock_workloads_are_busy(io_loop) -> None:
     for seed in range(25):
         outcomes.update(r.outcome for r in (await simulate(seed, hangups=True))[1])
     assert outcomes["left waiting"] >= 10 and outcomes["left holding"] >= 10, outcomes
+
+
+# --- bounded: one client's share of the waiting places, and the whole queue ----------------
+
+
+def bounds(seed: int, total: bool) -> tuple[int, int]:
+    """(max_queue, max_per_client) for a bounded run: small, so that both bind."""
+    rng = random.Random(10_000 + seed)
+    return (rng.randint(3, 12) if total else ROOMY), rng.randint(1, 3)
+
+
+@pytest.mark.parametrize("total", [False, True], ids=["share-only", "share-and-total"])
+@pytest.mark.parametrize("hangups", [False, True], ids=["all-stay", "some-hang-up"])
+@pytest.mark.parametrize("seed", range(25))
+async def test_bounded_workload_refuses_exactly_beyond_the_bounds(io_loop, seed, hangups, total) -> None:
+    """A client with its whole share waiting is refused (ClientQueueFull) and no
+    one else is; others are refused only when the whole queue is full.
+
+    World.admit checks every admission and refusal against the bounds as they
+    stood at that moment, and observe() that no client ever exceeds its share.
+    """
+    max_queue, share = bounds(seed, total)
+    world, requests = await simulate(seed, hangups, max_queue=max_queue, max_per_client=share)
+    q = world.queue
+
+    outcomes = Counter(r.outcome for r in requests)
+    assert None not in outcomes, [r for r in requests if r.outcome is None]
+    for r in requests:
+        if r.outcome == "refused":
+            assert r.ticket is None and r.grants == 0
+        elif r.outcome != "left waiting":
+            assert r.grants == 1, f"{r} ({r.outcome}) was granted {r.grants} times"
+    assert q.waiting == 0 and q.in_flight == 0 and not q.paused
+
+    # What was admitted is still served fairly and in order.
+    check_fairness(world.log)
+    check_fifo_within_clients(world.log)
+
+
+async def test_bounded_workloads_reach_the_bounds(io_loop) -> None:
+    """The bounded runs do refuse, and do admit others beside a client at its share."""
+    refusals: Counter = Counter()
+    beside_full = 0
+    for total in (False, True):
+        for seed in range(25):
+            max_queue, share = bounds(seed, total)
+            world, _ = await simulate(seed, False, max_queue=max_queue, max_per_client=share)
+            refusals.update(world.refusals)
+            beside_full += world.admitted_beside_full
+    assert refusals["ClientQueueFull"] >= 25 and refusals["QueueFull"] >= 10, refusals
+    assert beside_full >= 25, beside_full
+
+
+async def test_a_client_at_its_share_is_refused_while_others_are_admitted(io_loop) -> None:
+    q = FairQueue(concurrency=1, max_queue=10, timeout=60, max_per_client=2)
+    for _ in range(4):
+        q.done(q.admit("old"), 3.0)
+    a1 = q.admit("a")
+    assert granted(a1)  # at the target: not waiting, not counted
+    a2, a3 = q.admit("a"), q.admit("a")
+    b1 = q.admit("b")
+    with pytest.raises(ClientQueueFull) as refused:
+        q.admit("a")
+    assert "(2)" in str(refused.value)
+    # a's next turn is first in the rotation: one turn of 3 s away.
+    assert refused.value.retry_after == 3
+    assert q.waiting == 3
+    b2 = q.admit("b")
+    with pytest.raises(ClientQueueFull) as refused:
+        q.admit("b")
+    # b's next turn comes after a's: two turns away.
+    assert refused.value.retry_after == 6
+
+    # A place of its own frees up when its turn comes, or when it leaves.
+    q.done(a1)
+    assert granted(a2)
+    a4 = q.admit("a")
+    with pytest.raises(ClientQueueFull):
+        q.admit("a")
+    q.leave(a3)
+    a5 = q.admit("a")
+    assert q.waiting == 4 and {t.client for t in (a4, a5, b1, b2)} == {"a", "b"}
 
 
 # --- leaving ----------------------------------------------------------------------------

@@ -134,3 +134,25 @@ def test_a_tornado_without_the_needed_private_names_stops_foreman_with_one_line(
     assert len(lines) == 1, done.stderr
     assert "built for Tornado 6.6" in lines[0] and "_HTTPConnection" in lines[0]
     assert "Traceback" not in done.stderr
+
+
+def test_the_import_check_covers_the_stream_buffer_the_pool_reads() -> None:
+    # A Tornado whose stream no longer keeps `_read_buffer_size`: the pool could
+    # not tell a clean connection from one with an answer left over.
+    script = (
+        "import tornado.iostream as i\n"
+        "original = i.BaseIOStream.__init__\n"
+        "def init(self, *args, **kwargs):\n"
+        "    original(self, *args, **kwargs)\n"
+        "i.BaseIOStream.__init__ = init\n"
+        "from foreman.cli import main\n"
+        "main(['--listen', '127.0.0.1:0'])\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+        env=subprocess_env(), cwd=ROOT,
+    )
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert "BaseIOStream._read_buffer_size" in lines[0]

@@ -135,6 +135,14 @@ class Config:
         help="How many generation requests may wait for their turn; one more is "
         "refused at once with 503 and Retry-After.",
     )
+    max_queue_per_client: int = setting(
+        default="32",
+        read=readers.count(minimum=1),
+        metavar="N",
+        help="How many generation requests one client (a token, or an address "
+        "without tokens) may have waiting; one more is refused with 429 and "
+        "Retry-After, while other clients are still admitted.",
+    )
     queue_timeout: float = setting(
         default="10m",
         read=readers.duration(allow_zero=False),

@@ -11,8 +11,10 @@ import tornado.web
 from tornado import httputil
 
 from foreman.auth import client_identity
+from foreman.local_hosts import allowed_host, loopback_only
 from foreman.record import RequestRecord
 from foreman.services import Services
+from foreman.shown import shown
 from foreman.target import TargetError, TargetStatusError, TargetTimeout, TargetUnreachable
 
 JSON = "application/json; charset=utf-8"
@@ -92,6 +94,19 @@ class BaseHandler(tornado.web.RequestHandler):
                 )
             )
             return
+        host = self.request.headers.get("Host", "")
+        if loopback_only(self.config.listen_host) and not allowed_host(host):
+            # DNS rebinding (foreman.local_hosts): refused before anything else is looked at.
+            self.fail(
+                ForemanError(
+                    403,
+                    f"Host '{shown(host)}' is not allowed: foreman listens on loopback only "
+                    "(FOREMAN_LISTEN); use localhost or 127.0.0.1",
+                    # Nothing more is wanted from such a client.
+                    _CLOSE,
+                )
+            )
+            return
         authorization = self.request.headers.get("Authorization")
         tokens = self.services.tokens
         if self.requires_auth and not tokens.accepts(authorization):
@@ -122,6 +137,20 @@ class BaseHandler(tornado.web.RequestHandler):
             return
         # A chunked body that grows past the limit is cut off by Tornado.
         self.request.connection.set_max_body_size(limit)  # type: ignore[union-attr]
+        problem = self.path_problem()
+        if problem:
+            # What the path carries may go on the wire to the target: only
+            # what the route expects there does.
+            self.fail(ForemanError(400, problem))
+
+    def path_problem(self) -> str | None:
+        """Why this request's path may not reach the target, or None if it may."""
+        return self.bad_path_args(self.path_args)
+
+    @classmethod
+    def bad_path_args(cls, args: list[str]) -> str | None:
+        """Why the path's variable parts (decoded) may not reach the target, or None if they may."""
+        return None
 
     def body_limit(self) -> int:
         """The largest request body this route takes."""
@@ -193,7 +222,9 @@ class BaseHandler(tornado.web.RequestHandler):
         if isinstance(exc, tornado.web.HTTPError) and exc.log_message and status_code < 500:
             message = exc.log_message % exc.args if exc.args else exc.log_message
         elif status_code == 405:
-            message = f"method {self.request.method} not allowed on {self.request.path}"
+            message = (
+                f"method {shown(self.request.method or '')} not allowed on {shown(self.request.path)}"
+            )
         elif status_code >= 500:
             message = "internal error in foreman; see its log"
         else:
@@ -202,10 +233,20 @@ class BaseHandler(tornado.web.RequestHandler):
         self.finish(self.error_document(status_code, message))
 
     def send_target_answer(self, error: TargetStatusError) -> None:
-        """Pass a target's error answer through unchanged."""
+        """Pass a target's error answer through unchanged (a redirect with its `Location`)."""
         self.set_status(error.status)
-        self.set_header("Content-Type", error.content_type or JSON)
-        self.finish(error.body)
+        if error.location is not None:
+            self.set_header("Location", error.location)
+        self.send_target_body(error.content_type or JSON, error.body)
+
+    def send_target_body(self, content_type: str, body: bytes) -> None:
+        """Finish with a body the target sent, unless the status allows none (204, 304)."""
+        if self.get_status() in (204, 304):
+            # Tornado refuses to send a body with these, with a traceback.
+            self.finish()
+            return
+        self.set_header("Content-Type", content_type)
+        self.finish(body)
 
 
 class NotFoundHandler(BaseHandler):
@@ -214,4 +255,5 @@ class NotFoundHandler(BaseHandler):
     async def prepare(self) -> None:
         await super().prepare()
         if not self.answered:
-            self.fail(ForemanError(404, f"no route for {self.request.method} {self.request.path}"))
+            method, path = shown(self.request.method or ""), shown(self.request.path)
+            self.fail(ForemanError(404, f"no route for {method} {path}"))

@@ -27,6 +27,8 @@ class HealthHandler(BaseHandler):
                 "degraded": inventory.degraded,
                 "target": self.services.target.display_url,
                 "last_poll": rfc3339(inventory.last_poll),
+                # Only the kind of failure and the status: this route needs no
+                # token, so what the target said stays in the log.
                 "last_error": inventory.last_error,
                 "models": inventory.model_count,
                 "queue": self.services.queue.snapshot(),

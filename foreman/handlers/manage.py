@@ -9,6 +9,7 @@ used (and a deleted one is refused) without waiting for the next poll.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Awaitable, Callable
 
 from foreman.handlers.base import ForemanError
@@ -20,6 +21,9 @@ MAX_BLOB_SIZE = 1 << 40
 UPLOAD_TIMEOUT = 24 * 3600.0
 # Chunks of an upload that may wait for the target to take them.
 _UPLOAD_BACKLOG = 16
+# The digests Ollama takes in /api/blobs/{digest}; it answers anything else
+# with 400 "invalid digest format", and so does foreman, without relaying it.
+_DIGEST = re.compile(r"sha256[:-][0-9a-fA-F]{64}")
 
 
 class ManageHandler(RelayHandler):
@@ -69,6 +73,12 @@ class BlobHandler(ManageHandler):
 
     def body_limit(self) -> int:
         return MAX_BLOB_SIZE
+
+    @classmethod
+    def bad_path_args(cls, args: list[str]) -> str | None:
+        if args and not _DIGEST.fullmatch(args[0]):
+            return "invalid digest format"
+        return None
 
     async def prepare(self) -> None:
         await super().prepare()

@@ -10,6 +10,7 @@ import json
 
 from foreman.handlers.base import RETRY_AFTER_UNREACHABLE, ForemanError
 from foreman.handlers.relay import RelayHandler
+from foreman.shown import shown
 
 
 def json_object(body: bytes) -> dict[str, object]:
@@ -55,10 +56,12 @@ class ModelRouteHandler(RelayHandler):
         if inventory.tags_body is None:
             raise ForemanError(
                 503,
-                f"cannot check model '{model}': no model inventory yet ({inventory.last_error})",
+                f"cannot check model '{shown(model)}': no model inventory yet "
+                f"({inventory.last_error})",
                 {"Retry-After": str(RETRY_AFTER_UNREACHABLE)},
             )
-        raise ForemanError(404, f"model '{model}' not found")
+        # Ollama's wording; the name as the client sent it, but bounded and escaped.
+        raise ForemanError(404, f"model '{shown(model)}' not found")
 
 
 def model_route(path: str, *, queued: bool = True, fields: tuple[str, ...] = ("model",)) -> type:

@@ -10,6 +10,8 @@ import json
 
 from foreman.handlers.model_route import ModelRouteHandler
 from foreman.handlers.relay import RelayHandler
+from foreman.names import plain
+from foreman.shown import shown
 
 _ERROR_TYPES = {
     400: "invalid_request_error",
@@ -39,8 +41,18 @@ class OpenAIErrors:
 class ModelsHandler(OpenAIErrors, RelayHandler):
     """`GET /v1/models` and `GET /v1/models/{model}`: metadata, relayed as asked."""
 
+    @classmethod
+    def bad_path_args(cls, args: list[str]) -> str | None:
+        # The model goes on the wire as part of the path, under the target
+        # URL's prefix and with foreman's bearer: `..`, `%2e%2e` or a backslash
+        # there could leave the prefix at a proxy that normalises paths.
+        if args and not plain(args[0]):
+            return f"invalid model name '{shown(args[0])}'"
+        return None
+
     async def get(self, model: str | None = None) -> None:
-        # The raw path keeps the client's own encoding of the model name.
+        # The raw path keeps the client's own encoding of the model name,
+        # which prepare() has checked is a plain name once decoded.
         await self.relay("GET", self.request.path, None)
 
 

@@ -12,7 +12,8 @@ import time
 
 from foreman.handlers.base import BaseHandler, ForemanError, target_failure
 from foreman.handlers.sink import ClientSink
-from foreman.queue import ClientLeft, QueueError, Ticket
+from foreman.queue import ClientLeft, ClientQueueFull, QueueError, Ticket
+from foreman.shown import shown
 from foreman.target import (
     BodyProducer,
     Cancelled,
@@ -62,7 +63,9 @@ class RelayHandler(BaseHandler):
         try:
             ticket = self._ticket = queue.admit(self.client_id)
         except QueueError as e:
-            self.fail(ForemanError(503, str(e), {"Retry-After": str(e.retry_after)}))
+            # Too many of its own requests waiting is the client's to fix: 429.
+            status = 429 if isinstance(e, ClientQueueFull) else 503
+            self.fail(ForemanError(status, str(e), {"Retry-After": str(e.retry_after)}))
             return
         try:
             while True:
@@ -123,7 +126,7 @@ class RelayHandler(BaseHandler):
                     sink, method, path, status=503,
                 )
             else:
-                log.debug("client left %s %s; target request closed: %s", method, path, e)
+                log.debug("client left %s %s; target request closed: %s", method, shown(path), e)
             return None
         except TargetUnreachable as e:
             if retry_unreachable and not self._client_gone:
@@ -131,7 +134,7 @@ class RelayHandler(BaseHandler):
             self.answer_failure(e, sink, method, path)
             return None
         except TargetError as e:
-            if upstream.head_received:
+            if upstream.answered:  # even with garbage: it is there, retrying will not help
                 queue.reachable()
             self.answer_failure(e, sink, method, path)
             return None
@@ -151,7 +154,7 @@ class RelayHandler(BaseHandler):
         if sink.sent:
             # Status and headers are on the wire; all that is left is to say
             # what happened in the stream itself, as Ollama does.
-            log.warning("%s %s broke off mid-stream: %s", method, path, error)
+            log.warning("%s %s broke off mid-stream: %s", method, shown(path), error)
             document = self.error_document(status, str(error))
             if sink.media_type == "text/event-stream":
                 line = f"data: {document}\n\n"

@@ -2,7 +2,8 @@
 
 Constants of Ollama's surface, the JSON helpers, the Host check, the route
 record each route module exports, and `StubHandler`, the gate every request
-passes: record it, check Host, bearer token and method.
+passes: record it, apply CORS (`foreman.stub.cors`), check Host, bearer
+token and method.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any, ClassVar
 
 import tornado.web
 
+from foreman.stub.cors import decide
 from foreman.stub.state import StubState
 
 STUB_VERSION = "0.0.0-stub"
@@ -101,7 +103,16 @@ class StubHandler(tornado.web.RequestHandler):
         # Filled in by data_received; the recorded request shares the object.
         self.request.body = bytearray()  # type: ignore[assignment]
         stub.record(self.request)
-        if stub.check_host and not is_local_host(self.request.headers.get("Host", "")):
+        headers = self.request.headers
+        # Ollama's CORS layer runs first, before the Host check.
+        cors = decide(
+            self.request.method or "", headers.get("Host", ""), headers.get("Origin"), stub.origins
+        )
+        for name, value in cors.headers:
+            self.add_header(name, value)
+        if cors.status is not None:
+            self.send_empty(cors.status)
+        elif stub.check_host and not is_local_host(headers.get("Host", "")):
             # Ollama's allowed-hosts middleware aborts with a bare 403.
             self.set_status(403)
             self.clear_header("Content-Type")

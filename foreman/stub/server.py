@@ -58,7 +58,8 @@ class StubOllama(StubState):
 
     It speaks Ollama's native API and its OpenAI-compatible ``/v1`` routes
     (`ROUTES`), with Ollama's JSON shapes, status codes and quirks (404 text
-    for unknown routes, 403 for foreign ``Host`` headers on loopback,
+    for unknown routes, 403 for foreign ``Host`` headers on loopback, its CORS
+    answers (`foreman.stub.cors`: preflights, 403 for an origin not allowed),
     ``stream`` defaulting to true on native routes and to false on ``/v1``).
     Replies, digests, vectors and timestamps are fixed functions of the
     request, so two identical requests get byte-identical answers.
@@ -66,8 +67,10 @@ class StubOllama(StubState):
     Knobs (plain attributes, change them at any time): ``models``, ``token``,
     ``chunk_delay``, ``check_host``, ``hold``, ``pace``, ``break_after``,
     ``chat_status``, ``tags_status``, ``tags_hold``, ``progress_error``,
-    ``blobs``. Observations: ``requests`` (every request, any route) and the
-    counters below; `wait_for` blocks until a predicate over them holds.
+    ``blobs``, ``origins`` (the origins allowed: Ollama's defaults, plus
+    what ``OLLAMA_ORIGINS`` would add; ``("*",)`` for all). Observations:
+    ``requests`` (every request, any route) and the counters below;
+    `wait_for` blocks until a predicate over them holds.
 
     "Runs" are the requests that run the model: POST /api/chat,
     /api/generate, /api/embed, /api/embeddings, /v1/chat/completions,
@@ -182,7 +185,8 @@ def routes_help() -> str:
         "",
         "Any other route or method answers Ollama's plain 404. With --token, every",
         "route but / needs 'Authorization: Bearer TOKEN'. Listening on loopback, it",
-        "refuses a Host header that is not local with 403, as Ollama does.",
+        "refuses a Host header that is not local with 403, as Ollama does. It answers",
+        "CORS preflights as Ollama does with OLLAMA_ORIGINS unset (localhost origins).",
     ]
     return "\n".join(lines)
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import tornado.httputil
 
+from foreman.stub.cors import DEFAULT_ORIGINS
 from foreman.stub.naming import same_model
 
 DEFAULT_MODELS: tuple[str, ...] = (
@@ -46,6 +47,8 @@ class StubState:
         self.token = token
         self.chunk_delay = chunk_delay
         self.check_host = True
+        # OLLAMA_ORIGINS plus Ollama's defaults; "*" lets every origin in.
+        self.origins: tuple[str, ...] = DEFAULT_ORIGINS
         self.hold: asyncio.Event | None = None
         self.pace: Callable[[int], Awaitable[None]] | None = None
         self.break_after: int | None = None

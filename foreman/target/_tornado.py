@@ -3,8 +3,10 @@
 Tornado's simple HTTP client cannot reuse a connection, cannot be cancelled
 mid-request, hands a response head over only as text, and swallows a
 malformed head. Subclassing its private per-request `_HTTPConnection` fixes
-all four; nothing else in foreman touches Tornado's internals. If an upgrade
-of Tornado removes what this module needs, foreman refuses to start with one
+all four. A stream does not say how much it has read that nobody asked for,
+which decides whether a connection may be reused: that is read here too.
+Nothing else in foreman touches Tornado's internals. If an upgrade of
+Tornado removes what this module needs, foreman refuses to start with one
 line naming the Tornado it was built for, instead of failing mid-request.
 """
 
@@ -18,10 +20,10 @@ from typing import Any, cast
 import tornado
 from tornado import httpclient, httputil, simple_httpclient
 from tornado.httpclient import HTTPRequest
-from tornado.iostream import IOStream
+from tornado.iostream import BaseIOStream, IOStream
 
 from foreman.target.contract import Upstream
-from foreman.target.pool import ConnectionPool, reusable
+from foreman.target.pool import ConnectionPool, reusable, still_idle
 
 #: the Tornado release line this module was written against (see pyproject.toml)
 BUILT_FOR = "6.6"
@@ -44,6 +46,9 @@ def _missing_names() -> list[str]:
         (simple_httpclient.SimpleAsyncHTTPClient, "_connection_class", "SimpleAsyncHTTPClient._connection_class")
     )
     missing = [label for owner, name, label in wanted if not hasattr(owner, name)]
+    # An instance attribute: look for it where the stream sets it up.
+    if "_read_buffer_size" not in BaseIOStream.__init__.__code__.co_names:
+        missing.append("BaseIOStream._read_buffer_size")
     proxy = getattr(httpclient, "_RequestProxy", None)
     if proxy is not None:
         # The connection finds foreman's request behind Tornado's proxy of it.
@@ -72,17 +77,28 @@ class UpstreamRequest(HTTPRequest):
     on_head: Callable[[int, str, httputil.HTTPHeaders], None] | None = None
 
 
+def buffered_bytes(stream: IOStream) -> int:
+    """How many bytes Tornado has read from `stream` that nobody has asked for yet."""
+    return stream._read_buffer_size
+
+
 def _watch_for_head(stream: IOStream, upstream: Upstream) -> None:
     # Tornado swallows a malformed response head (it logs it and closes the
     # connection), which then looks exactly like a target that hung up
-    # without answering. Noting that a head arrived tells the two apart: one
-    # is worth retrying, the other is not. Tornado's HTTP/1 reader asks for
-    # the head, and only the head, with read_until_regex.
+    # without answering. Noting that a head, or any byte, arrived tells the
+    # two apart: one is worth retrying, the other is not. Tornado's HTTP/1
+    # reader asks for the head, and only the head, with read_until_regex.
     read_head = stream.read_until_regex
 
     def note_arrival(future: asyncio.Future[bytes]) -> None:
-        if not future.cancelled() and future.exception() is None:
-            upstream.head_received = True
+        if future.cancelled():
+            return
+        if future.exception() is None:
+            upstream.head_received = upstream.answered = True
+        elif buffered_bytes(stream):
+            # Closed before a blank line ended a head (a banner, half a
+            # head): what came is still in the buffer.
+            upstream.answered = True
 
     def read_head_noting_arrival(*args: Any, **kwargs: Any) -> Awaitable[bytes]:
         future = cast("asyncio.Future[bytes]", read_head(*args, **kwargs))
@@ -121,7 +137,13 @@ class _PooledConnection(simple_httpclient._HTTPConnection):
         upstream = self._upstream()
         if upstream is not None:
             upstream.last_heard = time.monotonic()
-        if first_line.code >= 200:
+        code = first_line.code
+        if not 100 <= code <= 599:
+            # Tornado takes any number; a client would read it as 200 (or
+            # choke on it). Raising here would log a traceback: refuse instead.
+            self._refuse(upstream, f"answered with status {code}, which HTTP does not have")
+            return
+        if code >= 200:
             if upstream is not None:
                 upstream.response_started = True
             # Hands over Tornado's parsed head, where a header_callback would
@@ -129,6 +151,14 @@ class _PooledConnection(simple_httpclient._HTTPConnection):
             on_head = getattr(self.request.request, "on_head", None)  # type: ignore[attr-defined]
             if on_head is not None:
                 on_head(first_line.code, first_line.reason, headers)
+
+    def _refuse(self, upstream: Upstream | None, reason: str) -> None:
+        # Whatever Tornado already buffered may still be handed over after the
+        # close: it goes nowhere, without a test per chunk in data_received.
+        self._streaming_callback = _discard
+        if upstream is not None:
+            upstream.refuse(reason)
+        self.stream.close()
 
     def data_received(self, chunk: bytes) -> Awaitable[None] | None:
         # Called per chunk of every stream: skip the base class's redirect
@@ -151,10 +181,19 @@ class _PooledConnection(simple_httpclient._HTTPConnection):
             upstream.detach()
         _stop_watching(self.stream)
         assert self.code is not None and self.headers is not None
-        if reusable(self.code, self.request.method, self.headers, self._version):
+        # Kept only if the answer ended cleanly: nothing read past its end,
+        # the request written out. Decided before detaching: a write still
+        # pending would otherwise finish on a detached connection and fail.
+        if reusable(self.code, self.request.method, self.headers, self._version) and still_idle(
+            self.stream, buffered_bytes
+        ):
             self.tcp_client.give_back(self.connection.detach())
         else:
             self.stream.close()
+
+
+def _discard(chunk: bytes) -> None:
+    return None
 
 
 class PooledHTTPClient(simple_httpclient.SimpleAsyncHTTPClient):
@@ -162,7 +201,7 @@ class PooledHTTPClient(simple_httpclient.SimpleAsyncHTTPClient):
 
     def initialize(self, **kwargs: Any) -> None:  # type: ignore[override]
         super().initialize(**kwargs)
-        self.tcp_client = ConnectionPool(self.tcp_client)  # type: ignore[assignment]
+        self.tcp_client = ConnectionPool(self.tcp_client, buffered_bytes)  # type: ignore[assignment]
 
     @property
     def pool(self) -> ConnectionPool:

@@ -16,8 +16,9 @@ from tornado.netutil import Resolver
 from foreman.target._tornado import PooledHTTPClient, UpstreamRequest
 from foreman.target.contract import BodyProducer, Sink, TargetResponse, Upstream
 from foreman.target.errors import Cancelled, TargetStatusError, TargetTimeout
-from foreman.target.failures import classify
+from foreman.target.failures import classify, refused
 from foreman.target.headers import downstream_headers, forwardable_headers, path_as_sent
+from foreman.target.metadata_body import ACCEPT_ENCODING, MetadataBody
 from foreman.target.pool import ConnectionPool
 from foreman.target.watchdog import SilenceWatch
 
@@ -69,28 +70,50 @@ class TargetClient:
         self._http.close()
 
     async def fetch(self, path: str) -> TargetResponse:
-        headers = httputil.HTTPHeaders({"Accept": "application/json", "Connection": "keep-alive"})
+        headers = httputil.HTTPHeaders(
+            {
+                "Accept": "application/json",
+                # Asked explicitly: foreman inflates the answer itself, bounded.
+                "Accept-Encoding": ACCEPT_ENCODING,
+                "Connection": "keep-alive",
+            }
+        )
         self._authorize(headers)
         upstream = Upstream()
+        body = MetadataBody(upstream)
         request = UpstreamRequest(
             self.base_url + path,
             headers=headers,
             request_timeout=self._metadata_timeout,
             follow_redirects=False,
-            decompress_response=True,
+            # Tornado would inflate without a limit (and hold the result whole).
+            decompress_response=False,
+            streaming_callback=body.write,
         )
         request.upstream = upstream
+        request.on_head = body.start
         try:
             response = await self._http.fetch(request, raise_error=False)
         except Exception as e:
             raise classify(e, upstream, self.display_url) from e
         finally:
             upstream.detach()
+        content = body.finish()
+        if upstream.refused is not None:
+            # Refused after Tornado had read the whole answer anyway.
+            raise refused(upstream, self.display_url)
+        response_headers = response.headers
+        if body.inflated:
+            response_headers = response_headers.copy()
+            del response_headers["Content-Encoding"]
         if not 200 <= response.code < 300:
             raise TargetStatusError(
-                response.code, response.body or b"", response.headers.get("Content-Type")
+                response.code,
+                content,
+                response_headers.get("Content-Type"),
+                response_headers.get("Location"),
             )
-        return TargetResponse(response.code, response.headers, response.body or b"")
+        return TargetResponse(response.code, response_headers, content)
 
     async def relay(
         self,
@@ -151,6 +174,10 @@ class TargetClient:
         finally:
             watchdog.stop()
             upstream.detach()
+        if upstream.refused is not None:
+            # Refused (an invalid status) after Tornado had read the whole
+            # answer anyway; none of it went to the sink.
+            raise refused(upstream, self.display_url)
 
     def _authorize(self, headers: httputil.HTTPHeaders) -> None:
         if self._token:

@@ -60,6 +60,10 @@ class Upstream:
         self.connected = False
         #: the target's header block arrived (even if it then failed to parse)
         self.head_received = False
+        #: some bytes of an answer arrived, a complete head or not (it is there, and talking)
+        self.answered = False
+        #: why foreman refused the target's answer and closed the connection, or None
+        self.refused: str | None = None
         #: the target's status and headers were parsed and passed on
         self.response_started = False
         #: time.monotonic() of the last sign of life from the target
@@ -83,6 +87,16 @@ class Upstream:
     def cut_off_silent_target(self) -> None:
         """Close the connection because the target stopped sending (not the client's doing)."""
         self.went_silent = True
+        self._drop_stream()
+
+    def refuse(self, reason: str) -> None:
+        """Close the connection: the answer cannot be used, whatever else arrives.
+
+        `reason` completes "the target <url> ..." in the error the caller
+        sees, e.g. "sent an answer larger than 8 MiB".
+        """
+        if self.refused is None:
+            self.refused = reason
         self._drop_stream()
 
     def detach(self) -> None:

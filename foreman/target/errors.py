@@ -32,13 +32,27 @@ class TargetUnusable(TargetError):
 
 
 class TargetStatusError(TargetError):
-    """The target answered with a non-2xx status."""
+    """The target answered with a non-2xx status.
 
-    def __init__(self, status: int, body: bytes, content_type: str | None) -> None:
-        super().__init__(f"target answered {status}: {body[:200]!r}")
+    The message names only the status: it reaches /healthz, which needs no
+    token, and the target's error body can name local paths. The body's start
+    is `excerpt`, for the log.
+    """
+
+    def __init__(
+        self, status: int, body: bytes, content_type: str | None, location: str | None = None
+    ) -> None:
+        super().__init__(f"the target answered {status}")
         self.status = status
         self.body = body
         self.content_type = content_type
+        #: where a redirect (3xx) points, to pass on with the status
+        self.location = location
+
+    @property
+    def excerpt(self) -> str:
+        """The first 200 bytes of the target's answer, escaped, for the log."""
+        return repr(self.body[:200])
 
 
 class Cancelled(TargetError):

@@ -3,7 +3,8 @@
 The stage the request reached decides: an error before a connection was
 established (name lookup, TCP connect, TLS handshake, including their
 timeouts) means the target is unreachable and the request may wait it out;
-after that, silence is a timeout and garbage is unusable.
+after that, silence is a timeout and garbage is unusable. Any byte received
+means the target answered: a request is retried only when nothing came back.
 """
 
 from __future__ import annotations
@@ -29,10 +30,17 @@ def classify(error: BaseException, upstream: Upstream, where: str) -> TargetErro
     """The `TargetError` for `error`, raised by a request to the target at `where`."""
     if isinstance(error, TargetError):
         return error
+    if upstream.refused is not None:
+        return refused(upstream, where)
     if upstream.response_started:
         return TargetUnusable(f"the target {where} broke off its response: {describe(error)}")
     if upstream.head_received or isinstance(error, httputil.HTTPInputError):
         return TargetUnusable(f"the target {where} sent a malformed HTTP response")
+    if upstream.answered:
+        # Bytes, but never a complete head (an SSH or SMTP banner, then a
+        # close): something is listening there and it is not Ollama. Retrying
+        # would only send the request again.
+        return TargetUnusable(f"the target {where} sent something that is not an HTTP answer")
     if isinstance(error, ssl.SSLError):
         # A certificate or protocol mismatch is a configuration error;
         # retrying cannot fix it. (A handshake that times out is not this.)
@@ -46,6 +54,11 @@ def classify(error: BaseException, upstream: Upstream, where: str) -> TargetErro
         # Connected, but closed or reset before any byte of an answer.
         return TargetUnreachable(f"cannot connect to the target {where}: {describe(error)}")
     return TargetUnusable(f"talking to the target {where} failed: {describe(error)}")
+
+
+def refused(upstream: Upstream, where: str) -> TargetUnusable:
+    """The error for an answer foreman refused (see `Upstream.refuse`)."""
+    return TargetUnusable(f"the target {where} {upstream.refused}")
 
 
 def describe(error: BaseException) -> str:

@@ -5,7 +5,8 @@ closes it afterwards. On a busy front that is a TCP handshake (and, for an
 https target, a TLS one) per request. `ConnectionPool` stands in for the
 client's `TCPClient`: `connect` hands out an idle connection to the same
 host when one is known good, and the client gives a connection back after a
-response that leaves it reusable.
+response that leaves it reusable and that ended cleanly, with nothing left
+over: a connection is never trusted to carry two answers apart otherwise.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import select
 import weakref
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from tornado import httputil
@@ -29,11 +31,16 @@ _PoolKey = tuple[str, int, bool]
 _NOT_IDLE = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP | select.POLLNVAL
 
 
+#: how many bytes a stream has read that nobody asked for (Tornado keeps that private)
+BufferedBytes = Callable[[IOStream], int]
+
+
 class ConnectionPool:
     """A `TCPClient` look-alike that reuses idle connections."""
 
-    def __init__(self, tcp_client: TCPClient) -> None:
+    def __init__(self, tcp_client: TCPClient, buffered: BufferedBytes) -> None:
         self._tcp_client = tcp_client
+        self._buffered = buffered
         self._idle: dict[_PoolKey, deque[IOStream]] = {}
         # Where each connection handed out leads, to file it when it comes back.
         self._keys: weakref.WeakKeyDictionary[IOStream, _PoolKey] = weakref.WeakKeyDictionary()
@@ -46,7 +53,7 @@ class ConnectionPool:
         idle = self._idle.get(key)
         while idle:
             stream = idle.pop()
-            if still_idle(stream):
+            if still_idle(stream, self._buffered):
                 self.reused += 1
                 self._keys[stream] = key
                 return stream
@@ -57,7 +64,7 @@ class ConnectionPool:
         return stream
 
     def give_back(self, stream: IOStream) -> None:
-        """Keep `stream` for a later request (its response was read to the end)."""
+        """Keep `stream` for a later request (its response ended cleanly: see `still_idle`)."""
         key = self._keys.pop(stream, None)
         if key is None or stream.closed():
             stream.close()
@@ -87,13 +94,18 @@ def reusable(code: int, method: str, headers: httputil.HTTPHeaders, version: str
     return "Content-Length" in headers or is_transfer_encoding_chunked(headers)
 
 
-def still_idle(stream: IOStream) -> bool:
-    """Whether an idle connection is still open with nothing waiting on it.
+def still_idle(stream: IOStream, buffered: BufferedBytes) -> bool:
+    """Whether a connection is open, with nothing left over from its last request.
+
+    Left over means bytes Tornado read past the end of the last answer (a
+    body after the answer to a HEAD: the next request would take them for
+    its own answer), bytes waiting on the socket, or a request not yet
+    written out (a target that answered before reading the whole body).
 
     poll(), not select(): select() cannot look at a descriptor numbered 1024
     or more, which is exactly where a busy foreman's connections end up.
     """
-    if stream.closed():
+    if stream.closed() or stream.writing() or buffered(stream):
         return False
     poller = select.poll()
     try:
