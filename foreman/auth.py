@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+
+from foreman.clients import Client, token_client
 
 log = logging.getLogger("foreman.auth")
 
@@ -23,43 +24,45 @@ def bearer_credential(authorization: str | None) -> tuple[str, str]:
 
 
 class TokenSet:
-    """The bearer tokens foreman accepts from its clients."""
+    """The bearer tokens foreman accepts from its clients, and the client each one is."""
 
-    def __init__(self, tokens: Iterable[str]) -> None:
-        self._tokens = tuple(t.encode() for t in tokens)
+    def __init__(self, tokens: Iterable[str], named: Mapping[str, Client] | None = None) -> None:
+        self.replace(tokens, named)
 
-    def replace(self, tokens: Iterable[str]) -> None:
-        """Accept these tokens from now on (SIGHUP re-reads the tokens files)."""
-        self._tokens = tuple(t.encode() for t in tokens)
+    def replace(self, tokens: Iterable[str], named: Mapping[str, Client] | None = None) -> None:
+        """Accept these tokens from now on (SIGHUP re-reads the tokens files).
+
+        `named` holds the clients a tokens file gave a name or weight; any
+        other token is named by a short hash of it, with weight 1.
+        """
+        named = named or {}
+        # One tuple, swapped whole: a request is identified by the old set or the new.
+        self._tokens = tuple((t.encode(), named.get(t) or token_client(t)) for t in tokens)
 
     @property
     def enabled(self) -> bool:
         return bool(self._tokens)
 
     def accepts(self, authorization: str | None) -> bool:
-        """Whether an `Authorization` header value carries an accepted token."""
-        if not self._tokens:
-            return True
+        """Whether an `Authorization` header value carries an accepted token (any, without tokens)."""
+        return not self._tokens or self.identify(authorization) is not None
+
+    def identify(self, authorization: str | None) -> Client | None:
+        """The client whose token an `Authorization` header value carries, or None.
+
+        Only the Bearer scheme is accepted. None too when there are no tokens:
+        auth is off, and a client is its address (foreman.clients.address_client).
+        """
         scheme, credential = bearer_credential(authorization)
         offered = credential.encode()
         # Compare against every token, always, so the time taken says nothing
-        # about which token (or how much of one) matched.
-        matched = False
-        for token in self._tokens:
-            matched |= hmac.compare_digest(offered, token)
-        return matched and scheme.lower() == "bearer"
-
-
-def client_identity(authorization: str | None, remote_ip: str | None, auth_enabled: bool) -> str:
-    """Who a request is, for fair queueing and logs; never the token itself.
-
-    With auth on, a client is its token (a short stable hash of it), so one
-    person's laptop and phone share a turn; with auth off, its address.
-    """
-    if auth_enabled:
-        credential = bearer_credential(authorization)[1]
-        return "token:" + hashlib.sha256(credential.encode()).hexdigest()[:12]
-    return remote_ip or "unknown"
+        # about which token (or how much of one) matched. Only the holder of a
+        # good token takes the branch, and it learns nothing it did not know.
+        matched: Client | None = None
+        for token, client in self._tokens:
+            if hmac.compare_digest(offered, token):
+                matched = client
+        return matched if scheme.lower() == "bearer" else None
 
 
 class FailedAuthLog:

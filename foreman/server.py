@@ -81,8 +81,8 @@ class Foreman:
         )
         # A good poll proves the target is back: resume a paused queue at once.
         self.inventory.on_success(self.queue.reachable)
-        self.tokens = TokenSet(inbound_tokens(config))
-        self.admins = TokenSet(config.admin_tokens)
+        self.tokens = TokenSet(inbound_tokens(config), config.token_clients)
+        self.admins = TokenSet(config.admin_tokens, config.token_clients)
         self.metrics = Metrics(self.queue, self.inventory)
         self.app = make_app(
             Services(
@@ -127,12 +127,14 @@ class Foreman:
         except ConfigError as e:
             log.error("reload: keeping the current tokens: %s", e)
             return
-        self.tokens.replace(inbound_tokens(fresh))
-        self.admins.replace(fresh.admin_tokens)
+        named = fresh.token_clients
+        self.tokens.replace(inbound_tokens(fresh), named)
+        self.admins.replace(fresh.admin_tokens, named)
         log.info(
-            "reload: %d client tokens, %d admin tokens",
+            "reload: %d client tokens, %d admin tokens, %d of them named or weighted",
             len(fresh.tokens),
             len(fresh.admin_tokens),
+            len(named),
         )
 
     async def drain(self, grace: float) -> None:

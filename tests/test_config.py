@@ -2,12 +2,14 @@
 
 import argparse
 import dataclasses
+import hashlib
 import os
 import re
 
 import pytest
 
 from foreman import config
+from foreman.clients import Client, token_hash_name
 from foreman.config import Config, ConfigError, load, parse_duration, parse_listen
 
 ALL_VARIABLES = [
@@ -603,6 +605,154 @@ def test_token_in_file_with_whitespace_is_an_error_without_the_value(tmp_path):
     message = error_for({"FOREMAN_TOKENS_FILE": str(path)})
     assert "line 2" in message
     assert "hunter2" not in message
+
+
+# --- tokens files: name= and weight= ------------------------------------------------
+
+
+def tokens_file_with(tmp_path, text, name="tokens"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_tokens_file_lines_name_and_weigh_their_tokens(tmp_path):
+    path = tokens_file_with(
+        tmp_path,
+        "# team\nalice-token name=alice weight=2\n  bob-token\tname=Bob.k_9-x  \n"
+        "carol-token weight=0.5\nbare-token\nalice-token\nmax-token name=m weight=1000\n",
+    )
+    c = load({"FOREMAN_TOKENS": "env-token", "FOREMAN_TOKENS_FILE": str(path)})
+    assert c.tokens == ("env-token", "alice-token", "bob-token", "carol-token", "bare-token", "max-token")
+    assert c.token_clients == {
+        "alice-token": Client("alice", 2.0),
+        "bob-token": Client("Bob.k_9-x", 1.0),
+        # Weighted but not named: named by the hash, like a bare token.
+        "carol-token": Client(token_hash_name("carol-token"), 0.5),
+        "max-token": Client("m", 1000.0),
+    }
+    # Bare tokens are named by the same short hash as before names existed.
+    assert token_hash_name("bare-token") == "token:" + hashlib.sha256(b"bare-token").hexdigest()[:12]
+    # The names are in the repr; the tokens are not.
+    assert "alice" in repr(c) and "-token" not in repr(c), repr(c)
+
+
+def test_a_name_may_be_64_characters_and_a_weight_a_plain_decimal(tmp_path):
+    path = tokens_file_with(tmp_path, f"t1 name={'n' * 64}\nt2 weight=.25\nt3 weight=3.\nt4 weight=007\n")
+    clients = load({"FOREMAN_TOKENS_FILE": str(path)}).token_clients
+    assert clients["t1"].name == "n" * 64
+    assert [clients[t].weight for t in ("t2", "t3", "t4")] == [0.25, 3.0, 7.0]
+
+
+def test_admin_tokens_file_lines_name_their_tokens_too(tmp_path):
+    clients = tokens_file_with(tmp_path, "client-token name=alice\nboth-token\n")
+    admins = tokens_file_with(tmp_path, "root-token name=root weight=3\nboth-token name=carol\n", "admins")
+    c = load({"FOREMAN_TOKENS_FILE": str(clients), "FOREMAN_ADMIN_TOKENS_FILE": str(admins)})
+    assert c.admin_tokens == ("root-token", "both-token")
+    assert c.token_clients == {
+        "client-token": Client("alice"),
+        "root-token": Client("root", 3.0),
+        # Bare in one file, named in the other: one client, with that name.
+        "both-token": Client("carol"),
+    }
+    assert "root-token" not in repr(c) and "both-token" not in repr(c)
+
+
+def test_a_token_in_both_files_with_the_same_fields_is_fine(tmp_path):
+    clients = tokens_file_with(tmp_path, "both-token name=bo weight=2\n")
+    admins = tokens_file_with(tmp_path, "both-token name=bo\nboth-token weight=2\n", "admins")
+    c = load({"FOREMAN_TOKENS_FILE": str(clients), "FOREMAN_ADMIN_TOKENS_FILE": str(admins)})
+    assert c.token_clients == {"both-token": Client("bo", 2.0)}
+
+
+@pytest.mark.parametrize(
+    "fields, complaint",
+    [
+        ("colour=red", "field 2 is not name= or weight="),
+        ("name", "field 2 is not name= or weight="),
+        ("=x", "field 2 is not name= or weight="),
+        ("NAME=alice", "field 2 is not name= or weight="),
+        ("name=al ice", "field 3 is not name= or weight="),
+        ("# a comment after a token", "field 2 is not name= or weight="),
+        ("name=alice name=alice", "name= is given twice"),
+        ("weight=1 name=a weight=2", "weight= is given twice"),
+        ("name=", "name= must be 1 to 64"),
+        ("name=al:ice", "name= must be 1 to 64"),
+        ("name=al/ice", "name= must be 1 to 64"),
+        ("name=\u00e4lice", "name= must be 1 to 64"),
+        ("name=" + "n" * 65, "name= must be 1 to 64"),
+        ("name=anonymous", "is reserved"),
+        ("weight=", "weight= must be a number greater than 0 and at most 1000"),
+        ("weight=0", "weight= must be a number greater than 0"),
+        ("weight=0.0", "weight= must be a number greater than 0"),
+        ("weight=-1", "weight= must be a number greater than 0"),
+        ("weight=two", "weight= must be a number greater than 0"),
+        ("weight=inf", "weight= must be a number greater than 0"),
+        ("weight=nan", "weight= must be a number greater than 0"),
+        ("weight=1e3", "weight= must be a number greater than 0"),
+        ("weight=1_0", "weight= must be a number greater than 0"),
+        ("weight=1000.5", "weight= must be a number greater than 0 and at most 1000"),
+        ("weight=\u0661", "weight= must be a number greater than 0"),  # an Arabic-Indic one
+    ],
+)
+@pytest.mark.parametrize("variable", ["FOREMAN_TOKENS_FILE", "FOREMAN_ADMIN_TOKENS_FILE"])
+def test_a_bad_field_is_an_error_naming_file_and_line_never_the_token(tmp_path, variable, fields, complaint):
+    path = tokens_file_with(tmp_path, f"# first\ngood-one name=good\n{SECRET} {fields}\n")
+    message = error_for({variable: str(path)})
+    assert message.startswith(f"{variable}={str(path)!r} line 3 "), message
+    assert complaint in message
+    assert "hunter2" not in message
+
+
+# (\x0b, \x0c and the like end a line, as they always have: not separators either.)
+@pytest.mark.parametrize("separator", ["\u00a0", "\u2003", "\u3000", "\x1f"])
+def test_only_spaces_and_tabs_separate_fields(tmp_path, separator):
+    path = tokens_file_with(tmp_path, f"{SECRET}{separator}name=alice\n")
+    message = error_for({"FOREMAN_TOKENS_FILE": str(path)})
+    assert message.startswith(f"FOREMAN_TOKENS_FILE={str(path)!r} line 1 (value hidden)")
+    assert "hunter2" not in message
+
+
+@pytest.mark.parametrize(
+    "lines, line, complaint",
+    [
+        # A name belongs to one token.
+        (f"other-token name=alice\n{SECRET} name=alice\n", 2, "name=alice is already the name of another token, on "),
+        # A token has one name and one weight, however many lines it is on.
+        (f"{SECRET} name=alice\n{SECRET} name=bob\n", 2, "the same token has another name on "),
+        (f"{SECRET} weight=2\n{SECRET} name=al weight=3\n", 2, "the same token has another weight on "),
+    ],
+)
+def test_lines_that_contradict_each_other_are_an_error(tmp_path, lines, line, complaint):
+    path = tokens_file_with(tmp_path, lines)
+    message = error_for({"FOREMAN_TOKENS_FILE": str(path)})
+    assert message.startswith(f"FOREMAN_TOKENS_FILE={str(path)!r} line {line} ")
+    assert complaint + f"FOREMAN_TOKENS_FILE={str(path)!r} line 1;" in message
+    assert "hunter2" not in message
+
+
+@pytest.mark.parametrize(
+    "clients, admins, complaint",
+    [
+        ("one-token name=alice\n", f"{SECRET} name=alice\n", "name=alice is already the name of another token"),
+        (f"{SECRET} name=alice\n", f"{SECRET} name=root\n", "the same token has another name"),
+        (f"{SECRET} weight=1\n", f"{SECRET} weight=2\n", "the same token has another weight"),
+    ],
+)
+def test_the_two_files_contradicting_each_other_is_an_error(tmp_path, clients, admins, complaint):
+    client_file = tokens_file_with(tmp_path, clients)
+    admin_file = tokens_file_with(tmp_path, admins, "admins")
+    message = error_for({"FOREMAN_TOKENS_FILE": str(client_file), "FOREMAN_ADMIN_TOKENS_FILE": str(admin_file)})
+    assert message.startswith(f"FOREMAN_ADMIN_TOKENS_FILE={str(admin_file)!r} line 1 ")
+    assert complaint in message and f"FOREMAN_TOKENS_FILE={str(client_file)!r} line 1" in message
+    assert "hunter2" not in message
+
+
+def test_tokens_variables_stay_plain_lists(tmp_path):
+    # FOREMAN_TOKENS takes no fields: a space is still an error, not a name.
+    message = error_for({"FOREMAN_TOKENS": f"{SECRET} name=alice"})
+    assert message.startswith("FOREMAN_TOKENS (value hidden)") and "hunter2" not in message
+    assert load({"FOREMAN_TOKENS": "a,b"}).token_clients == {}
 
 
 def test_ollama_token_is_stripped():

@@ -332,6 +332,31 @@ async def test_bad_config_exits_2_with_one_line(entry, env, args, variable, valu
     assert out == ""
 
 
+@pytest.mark.parametrize(
+    "clients, admins, variable",
+    [
+        # A bad field in one file.
+        ("ok-token name=ok\nthe-hidden-secret weight=lots\n", None, "FOREMAN_TOKENS_FILE"),
+        ("ok-token\nthe-hidden-secret name=a/b\n", None, "FOREMAN_TOKENS_FILE"),
+        # Each file fine, but they disagree: one name for two tokens.
+        ("other-token\nok-token name=alice\n", "root\nthe-hidden-secret name=alice\n", "FOREMAN_ADMIN_TOKENS_FILE"),
+    ],
+    ids=["bad-weight", "bad-name", "name-in-both-files"],
+)
+async def test_a_bad_tokens_file_field_exits_2_with_one_line(io_loop, tmp_path, clients, admins, variable) -> None:
+    env = {"FOREMAN_TOKENS_FILE": str(tmp_path / "tokens")}
+    (tmp_path / "tokens").write_text(clients)
+    if admins is not None:
+        env["FOREMAN_ADMIN_TOKENS_FILE"] = str(tmp_path / "admins")
+        (tmp_path / "admins").write_text(admins)
+    code, out, err = await run(PYTHON_M, child_env(**env))
+    assert code == 2, (code, err)
+    lines = err.splitlines()
+    assert len(lines) == 1, f"expected one line on stderr, got:\n{err}"
+    assert f"{variable}={env[variable]!r} line 2 " in lines[0]
+    assert "the-hidden-secret" not in err and out == ""
+
+
 async def test_port_in_use_is_one_clear_line(io_loop) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -148,6 +148,18 @@ async def test_sighup_rotates_tokens_without_dropping_connections(http, stub, tm
         child.send(signal.SIGHUP)
         await child.wait_line(lambda line: "keeping the current tokens" in line)
         assert (await fetch(http, child.url + "/api/tags", headers=bearer("new-token"))).code == 200
+        # So does a bad field: neither the new token nor the new name takes effect.
+        tokens.write_text("new-token name=newbie\nnewer-token name=new weight=lots\n")
+        child.send(signal.SIGHUP)
+        await child.wait_line(lambda line: "keeping the current tokens" in line and "line 2" in line)
+        assert (await fetch(http, child.url + "/api/tags", headers=bearer("newer-token"))).code == 401
+        assert (await fetch(http, child.url + "/api/tags", headers=bearer("new-token"))).code == 200
+        # A good file with fields names its clients from then on.
+        tokens.write_text("new-token name=newbie weight=2\n")
+        child.send(signal.SIGHUP)
+        await child.wait_line(lambda line: "reload:" in line and "1 of them named or weighted" in line)
+        assert (await fetch(http, child.url + "/api/tags", headers=bearer("new-token"))).code == 200
+        await child.wait_line(lambda line: "GET /api/tags 200" in line and "client=newbie" in line)
 
         gate.set()
         response = await streaming
@@ -159,7 +171,7 @@ async def test_sighup_rotates_tokens_without_dropping_connections(http, stub, tm
         assert pull.code == 200, pull.body
         assert (await fetch(http, child.url + "/api/pull", method="POST", body={"model": "x"},
                             headers=bearer("old-admin"))).code == 401
-        assert "old-token" not in child.log and "new-token" not in child.log
+        assert not [t for t in ("old-token", "new-token", "newer-token") if t in child.log]
         child.send(signal.SIGTERM)
         assert await child.wait_exit() == 0
 

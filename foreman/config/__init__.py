@@ -9,6 +9,8 @@ is accepted, which the command line prints before exiting with status 2.
 
 - ``values``: the grammar of durations, sizes, listen addresses, URLs, tokens;
 - ``readers``: a setting's text to its value or a one-line ConfigError;
+- ``tokens_files``: the reader of tokens files, whose lines may name their token
+  and give it a weight;
 - ``declare``: how a setting is declared once, and what is derived from it;
 - ``settings``: the Config, whose fields declare every setting.
 """

@@ -84,12 +84,12 @@ def setting(
 
 @dataclass(frozen=True)
 class _FilledBy:
-    name: str
+    names: tuple[str, ...]
 
 
-def filled_by(name: str) -> Any:
-    """Declare a field that a setting declared on an earlier field fills too."""
-    return _FilledBy(name)
+def filled_by(*names: str) -> Any:
+    """Declare a field that settings declared on other fields fill too (each adds to it)."""
+    return _FilledBy(names)
 
 
 def declared_settings(cls: type[_C]) -> type[_C]:
@@ -118,10 +118,11 @@ def declared_settings(cls: type[_C]) -> type[_C]:
     owner = {s.fills[0]: s for s in declared}
     for field_name in annotated:
         value = cls.__dict__[field_name]
-        if isinstance(value, _FilledBy) and not any(
-            s.name == value.name and field_name in s.fills for s in declared
-        ):
-            raise TypeError(f"{where}.{field_name}: no setting {value.name!r} fills it")
+        if not isinstance(value, _FilledBy):
+            continue
+        for name in value.names:
+            if not any(s.name == name and field_name in s.fills for s in declared):
+                raise TypeError(f"{where}.{field_name}: no setting {name!r} fills it")
     for s in declared:
         for field_name in s.fills[1:]:
             # A secret may only reach fields that are shown as secrets.

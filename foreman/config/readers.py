@@ -8,7 +8,6 @@ names the label, the bad value (unless it is a secret) and what is accepted.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping
 from typing import TypeVar
 
@@ -175,41 +174,3 @@ def token_list(text: str, label: str) -> tuple[str, ...]:
             "or leave it unset to accept clients without a token"
         )
     return tuple(dict.fromkeys(tokens))
-
-
-def tokens_file(text: str, label: str) -> tuple[str | None, tuple[str, ...]]:
-    """(path, the tokens in it, one a line, # comments); (None, ()) when unset."""
-    path = text.strip()
-    if not path:
-        return None, ()
-    try:
-        # utf-8-sig: files saved by Windows editors may start with a BOM.
-        with open(os.path.expanduser(path), encoding="utf-8-sig") as f:
-            lines = f.read().splitlines()
-    except OSError as e:
-        raise ConfigError(
-            f"{label}={path!r} cannot be read ({e.strerror or e}); "
-            "give a readable file with one token per line"
-        ) from None
-    except UnicodeDecodeError:
-        raise ConfigError(
-            f"{label}={path!r} is not UTF-8 text; give a text file with one token per line"
-        ) from None
-    tokens: list[str] = []
-    for number, line in enumerate(lines, start=1):
-        token = line.strip()
-        if not token or token.startswith("#"):
-            continue
-        if not is_token(token):
-            raise ConfigError(
-                f"{label}={path!r} line {number} (value hidden) contains whitespace or a "
-                "character that is not printable ASCII; put one token per line"
-            )
-        tokens.append(token)
-    if not tokens:
-        # An empty file would silently turn inbound auth off; fail closed.
-        raise ConfigError(
-            f"{label}={path!r} holds no tokens; put one token per line "
-            "(# starts a comment), or leave it unset"
-        )
-    return path, tuple(dict.fromkeys(tokens))

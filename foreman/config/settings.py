@@ -7,7 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from foreman.config import readers
+from foreman.clients import Client
+from foreman.config import readers, tokens_files
 from foreman.config.declare import (
     Setting,
     add_setting_arguments,
@@ -21,6 +22,7 @@ from foreman.config.declare import (
     settings_of,
 )
 from foreman.config.readers import DEFAULT_OLLAMA_URL
+from foreman.config.tokens_files import TokenFields
 from foreman.config.values import strip_userinfo
 
 LogFormat = Literal["text", "json"]
@@ -93,14 +95,18 @@ class Config:
         help="Comma-separated bearer tokens accepted from clients; with no tokens "
         "configured, clients need no token.",
     )
-    # The path, kept to re-read on SIGHUP; its tokens join `tokens`.
+    # The path, kept to re-read on SIGHUP; its tokens join `tokens`, the
+    # fields its lines give them join `token_fields`.
     tokens_file: str | None = setting(
-        fills=("tokens_file", "tokens"),
+        fills=("tokens_file", "tokens", "token_fields"),
         default=None,
-        read=readers.tokens_file,
+        read=tokens_files.read,
         metavar="PATH",
         help="File with one accepted client token per line (# comments allowed), "
-        "combined with FOREMAN_TOKENS.",
+        "combined with FOREMAN_TOKENS. A token may be followed by name=NAME (what "
+        "logs show instead of a hash of the token; up to 64 letters, digits, '-', "
+        "'_', '.') and weight=NUMBER (the client's share against others, more than "
+        "0 and at most 1000; default 1), e.g. 's3cr3t-token name=alice weight=2'.",
     )
     log_format: LogFormat = setting(
         default="text",
@@ -159,13 +165,18 @@ class Config:
         "create, copy, delete, blobs); with none, model management is refused.",
     )
     admin_tokens_file: str | None = setting(
-        fills=("admin_tokens_file", "admin_tokens"),
+        fills=("admin_tokens_file", "admin_tokens", "token_fields"),
         default=None,
-        read=readers.tokens_file,
+        read=tokens_files.read,
         metavar="PATH",
         help="File with one admin token per line (# comments allowed), combined with "
-        "FOREMAN_ADMIN_TOKENS; re-read, like FOREMAN_TOKENS_FILE, on SIGHUP.",
+        "FOREMAN_ADMIN_TOKENS; re-read, like FOREMAN_TOKENS_FILE, on SIGHUP. Its lines "
+        "take name= and weight= like FOREMAN_TOKENS_FILE's; a token in both files "
+        "has one name and one weight (fields given in both must agree).",
     )
+    # What the tokens files say about their tokens (name=, weight=); the
+    # tokens themselves are left out of its repr.
+    token_fields: tuple[TokenFields, ...] = filled_by("tokens_file", "admin_tokens_file")
     metrics_public: bool = setting(
         default="0",
         read=readers.yes_no,
@@ -196,6 +207,19 @@ class Config:
         "answer (a model load can take minutes); then 504, or an error line "
         "in a stream that has begun.",
     )
+
+    def __post_init__(self) -> None:
+        # Each file is consistent on its own; a token or a name in both must
+        # be too, and only here are both files known.
+        tokens_files.token_clients(self.token_fields)
+
+    @property
+    def token_clients(self) -> dict[str, Client]:
+        """The client each token given fields in a tokens file stands for.
+
+        Tokens without fields are named by a short hash of the token, weight 1.
+        """
+        return tokens_files.token_clients(self.token_fields)
 
     @property
     def target_display(self) -> str:

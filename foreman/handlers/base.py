@@ -10,7 +10,7 @@ from typing import Any
 import tornado.web
 from tornado import httputil
 
-from foreman.auth import client_identity
+from foreman.clients import Client, address_client
 from foreman.local_hosts import allowed_host, loopback_only
 from foreman.record import RequestRecord
 from foreman.services import Services
@@ -65,6 +65,8 @@ class BaseHandler(tornado.web.RequestHandler):
         request = self.request
         #: what the request log line and the metrics read
         self.record = RequestRecord(request.method or "", request.path, route, request.remote_ip)
+        #: who the request is from: its address until prepare() knows better
+        self.client: Client = address_client(request.remote_ip)
         #: finish() has been called: the answer is decided
         self.answered = False
         self._counted = False
@@ -72,6 +74,7 @@ class BaseHandler(tornado.web.RequestHandler):
 
     @property
     def client_id(self) -> str:
+        """The client's name, as the log shows it (empty before prepare() names it)."""
         return self.record.client or ""
 
     def set_default_headers(self) -> None:
@@ -109,7 +112,8 @@ class BaseHandler(tornado.web.RequestHandler):
             return
         authorization = self.request.headers.get("Authorization")
         tokens = self.services.tokens
-        if self.requires_auth and not tokens.accepts(authorization):
+        client = tokens.identify(authorization)  # None: refused, or auth is off
+        if self.requires_auth and tokens.enabled and client is None:
             # One answer whatever was wrong with the token, and one log line
             # per address and minute, not one per guess.
             self.services.auth_failures.note(self.request.remote_ip or "unknown")
@@ -119,7 +123,9 @@ class BaseHandler(tornado.web.RequestHandler):
                 )
             )
             return
-        self.record.client = client_identity(authorization, self.request.remote_ip, tokens.enabled)
+        if client is not None:
+            self.client = client
+        self.record.client = self.client.name
         lengths = self.request.headers.get_list("Content-Length")
         if len(lengths) > 1 or "," in "".join(lengths):
             # Tornado would merge equal copies; a front must not guess which
