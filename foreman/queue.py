@@ -2,16 +2,18 @@
 
 At most `concurrency` generation requests are at the target at once; up to
 `max_queue` more wait, at most `max_per_client` of them from any one client,
-so one client cannot fill the queue and lock the others out. Turns go round-robin across clients that have work
-waiting and first-in-first-out within a client, so a client with one request
-waits behind at most one request of each other client, however many those
-have queued.
+so one client cannot fill the queue and lock the others out. Which waiting
+request goes next is `foreman.scheduling.FairScheduler`'s choice: the client
+that has had the least of the target's time (divided by its weight), first
+in first out within a client, with a bounded preference for requests whose
+model the target holds in memory. This module is the mechanism around that
+policy: futures to wait on, deadlines, and waiting out an unreachable target.
 
 An unreachable target is a transient state. A request whose turn comes while
-the target cannot be reached goes back to the head of the queue, dispatch
-pauses, and one request at a time probes the target with capped exponential
-backoff; any answer from the target (or a good poll) resumes dispatch at
-once. A request fails only when its own wait runs past `timeout`.
+the target cannot be reached goes back to the head of its client's line,
+dispatch pauses, and one request at a time probes the target with capped
+exponential backoff; any answer from the target (or a good poll) resumes
+dispatch at once. A request fails only when its own wait runs past `timeout`.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ import asyncio
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
+
+from foreman.scheduling import FairScheduler
 
 # Probing an unreachable target: first retry after this, doubling up to the cap.
 FIRST_BACKOFF = 0.5
@@ -60,15 +64,27 @@ class ClientLeft(Exception):
 class Ticket:
     """One request's place in the queue."""
 
-    __slots__ = ("client", "admitted", "deadline", "granted", "waited", "left", "_timer")
+    __slots__ = (
+        "client", "weight", "model", "admitted", "deadline", "granted", "waited",
+        "dispatched", "caused_load", "left", "_timer",
+    )
 
-    def __init__(self, client: str, admitted: float, deadline: float) -> None:
+    def __init__(
+        self, client: str, weight: float, model: str | None, admitted: float, deadline: float
+    ) -> None:
         self.client = client
+        self.weight = weight
+        #: the model it asks for (canonical), for affinity and load counting
+        self.model = model
         self.admitted = admitted
         self.deadline = deadline
         self.granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         #: seconds between admission and the (last) turn
         self.waited = 0.0
+        #: clock() when it was (last) given its turn
+        self.dispatched: float | None = None
+        #: its model was not resident when it was dispatched: it made the target load it
+        self.caused_load = False
         self.left = False
         self._timer: asyncio.TimerHandle | None = None
 
@@ -82,6 +98,8 @@ class FairQueue:
         clock: Callable[[], float] = time.monotonic,
         *,
         max_per_client: int | None = None,
+        affinity: float = 0.0,
+        resident: Callable[[], Collection[str]] = frozenset,
     ) -> None:
         self.concurrency = concurrency
         self.max_queue = max_queue
@@ -89,11 +107,12 @@ class FairQueue:
         self.max_per_client = max_per_client
         self.timeout = timeout
         self._clock = clock
-        # Clients with waiting tickets, in the order their next turn comes.
-        self._rotation: deque[str] = deque()
-        self._tickets: dict[str, deque[Ticket]] = {}
+        self._scheduler: FairScheduler[Ticket] = FairScheduler(affinity, clock)
+        # What the target holds in memory now, asked at each dispatch.
+        self._resident = resident
         self._holding: set[Ticket] = set()
-        self.waiting = 0
+        self._on_dispatch: list[Callable[[Ticket], None]] = []
+        self._on_release: list[Callable[[Ticket, float], None]] = []
         self.closed = False
         # Set while the target is unreachable: no new turns but probes.
         self.paused = False
@@ -103,10 +122,21 @@ class FairQueue:
         self._probe_timer: asyncio.TimerHandle | None = None
         self._probe: Ticket | None = None
         self._service_times: deque[float] = deque(maxlen=_SERVICE_SAMPLES)
+        #: dispatches of a request whose model the target did not hold
+        self.model_loads = 0
+
+    @property
+    def waiting(self) -> int:
+        return self._scheduler.waiting
 
     @property
     def in_flight(self) -> int:
         return len(self._holding)
+
+    @property
+    def scheduler(self) -> FairScheduler[Ticket]:
+        """The policy, for what it knows of each client (service, waiting)."""
+        return self._scheduler
 
     def snapshot(self) -> dict[str, int]:
         return {
@@ -116,21 +146,28 @@ class FairQueue:
             "max_queue": self.max_queue,
         }
 
+    def on_dispatch(self, listener: Callable[[Ticket], None]) -> None:
+        """Call `listener` with each ticket given its turn."""
+        self._on_dispatch.append(listener)
+
+    def on_release(self, listener: Callable[[Ticket, float], None]) -> None:
+        """Call `listener` with each ticket that gave its slot back, and its service seconds."""
+        self._on_release.append(listener)
+
     # --- a request's life --------------------------------------------------
 
-    def admit(self, client: str) -> Ticket:
+    def admit(self, client: str, weight: float = 1.0, model: str | None = None) -> Ticket:
         """Take a place in the queue, or be refused at once."""
         if self.closed:
             raise _shutting_down()
-        own = self._tickets.get(client)
-        if self.max_per_client is not None and own is not None and len(own) >= self.max_per_client:
-            # Its own next turn frees a place: at most one turn of each client
-            # ahead of it in the rotation away.
-            ahead = self._rotation.index(client) + 1
+        own = self._scheduler.waiting_of(client)
+        if self.max_per_client is not None and own >= self.max_per_client:
+            # A place of its own frees when its next request goes: about one
+            # turn of each client with requests waiting away.
             raise ClientQueueFull(
                 f"too many requests from this client waiting in foreman's queue "
-                f"({len(own)}); retry when some have finished",
-                self._estimate(ahead),
+                f"({own}); retry when some have finished",
+                self._estimate(self._scheduler.backlogged),
             )
         if self.waiting >= self.max_queue and not self._free_slot():
             raise QueueFull(
@@ -138,8 +175,9 @@ class FairQueue:
                 self.retry_after(),
             )
         now = self._clock()
-        ticket = Ticket(client, now, now + self.timeout)
-        self._enqueue(ticket, at_front=False)
+        ticket = Ticket(client, weight, model, now, now + self.timeout)
+        self._scheduler.add(ticket, client, weight, model)
+        self._arm_deadline(ticket)
         self._dispatch()
         return ticket
 
@@ -167,14 +205,18 @@ class FairQueue:
             ticket.granted.cancel()
 
     def done(self, ticket: Ticket, service_time: float | None = None) -> None:
-        """The request is over (or failed for a reason retrying cannot fix)."""
+        """The request is over (or failed for a reason retrying cannot fix).
+
+        `service_time` given: it was answered, and took that long (a sample
+        for Retry-After estimates).
+        """
         if service_time is not None:
             self._service_times.append(service_time)
         if ticket in self._holding:
             self._release(ticket)
 
     def unreachable(self, ticket: Ticket, error: str) -> None:
-        """The target could not be reached for `ticket`: back to the head of the queue."""
+        """The target could not be reached for `ticket`: back to the head of its client's line."""
         self.last_error = error
         failed_probe = ticket is self._probe
         if ticket in self._holding:
@@ -182,10 +224,16 @@ class FairQueue:
             if failed_probe:
                 self._probe = None
             ticket.granted = asyncio.get_running_loop().create_future()
+            if ticket.caused_load:
+                # Nothing reached the target: no model was loaded for it.
+                self.model_loads -= 1
+                ticket.caused_load = False
             if self.closed:
+                self._scheduler.finished(ticket, None)
                 ticket.granted.set_exception(_shutting_down())
                 return
-            self._enqueue(ticket, at_front=True)
+            self._scheduler.retry(ticket)
+            self._arm_deadline(ticket)
         if not self.paused or failed_probe:
             self.paused = True
             self._backoff = min(MAX_BACKOFF, self._backoff * 2 or FIRST_BACKOFF)
@@ -208,10 +256,9 @@ class FairQueue:
         if self._probe_timer is not None:
             self._probe_timer.cancel()
             self._probe_timer = None
-        for client in list(self._rotation):
-            for ticket in list(self._tickets.get(client, ())):
-                self._remove(ticket)
-                ticket.granted.set_exception(_shutting_down())
+        for ticket in self._scheduler.drain():
+            self._disarm_deadline(ticket)
+            ticket.granted.set_exception(_shutting_down())
 
     def retry_after(self) -> int:
         """Whole seconds until a place is likely free, from recent service times."""
@@ -227,65 +274,50 @@ class FairQueue:
     # --- bookkeeping -------------------------------------------------------
 
     def _free_slot(self) -> bool:
-        return not self.paused and not self._rotation and self.in_flight < self.concurrency
+        return not self.paused and not self.waiting and self.in_flight < self.concurrency
 
-    def _enqueue(self, ticket: Ticket, *, at_front: bool) -> None:
-        queue = self._tickets.get(ticket.client)
-        if queue is None:
-            queue = self._tickets[ticket.client] = deque()
-            if at_front:
-                self._rotation.appendleft(ticket.client)
-            else:
-                self._rotation.append(ticket.client)
-        elif at_front:
-            # A request retried after an unreachable target keeps its place.
-            self._rotation.remove(ticket.client)
-            self._rotation.appendleft(ticket.client)
-        if at_front:
-            queue.appendleft(ticket)
-        else:
-            queue.append(ticket)
-        self.waiting += 1
-        loop = asyncio.get_running_loop()
+    def _arm_deadline(self, ticket: Ticket) -> None:
         delay = max(0.0, ticket.deadline - self._clock())
-        ticket._timer = loop.call_later(delay, self._expire, ticket)
+        ticket._timer = asyncio.get_running_loop().call_later(delay, self._expire, ticket)
+
+    def _disarm_deadline(self, ticket: Ticket) -> None:
+        if ticket._timer is not None:
+            ticket._timer.cancel()
+            ticket._timer = None
 
     def _remove(self, ticket: Ticket) -> bool:
-        queue = self._tickets.get(ticket.client)
-        if queue is None or ticket not in queue:
+        if not self._scheduler.remove(ticket):
             return False
-        queue.remove(ticket)
-        if not queue:
-            del self._tickets[ticket.client]
-            self._rotation.remove(ticket.client)
-        self.waiting -= 1
-        if ticket._timer is not None:
-            ticket._timer.cancel()
-            ticket._timer = None
+        self._disarm_deadline(ticket)
         return True
 
-    def _grant_next(self) -> Ticket:
-        client = self._rotation.popleft()
-        queue = self._tickets[client]
-        ticket = queue.popleft()
-        if queue:
-            self._rotation.append(client)
-        else:
-            del self._tickets[client]
-        self.waiting -= 1
-        if ticket._timer is not None:
-            ticket._timer.cancel()
-            ticket._timer = None
+    def _grant_next(self) -> Ticket | None:
+        resident = self._resident()
+        ticket = self._scheduler.pick(resident)
+        if ticket is None:
+            return None
+        self._disarm_deadline(ticket)
+        ticket.dispatched = self._clock()
+        ticket.caused_load = ticket.model is not None and ticket.model not in resident
+        if ticket.caused_load:
+            self.model_loads += 1
         self._holding.add(ticket)
+        for listener in self._on_dispatch:
+            listener(ticket)
         ticket.granted.set_result(None)
         return ticket
 
     def _dispatch(self) -> None:
-        while not self.paused and self._rotation and self.in_flight < self.concurrency:
+        while not self.paused and self.waiting and self.in_flight < self.concurrency:
             self._grant_next()
 
     def _release(self, ticket: Ticket) -> None:
         self._holding.discard(ticket)
+        # Service: from the turn to the end of the answer (or the client leaving).
+        service = self._clock() - (ticket.dispatched or self._clock())
+        self._scheduler.finished(ticket, service)
+        for listener in self._on_release:
+            listener(ticket, service)
         if ticket is self._probe:
             self._probe = None
         if self.paused:
@@ -302,7 +334,7 @@ class FairQueue:
         self._probe_timer = None
         if not self.paused:
             return
-        if not self._rotation:
+        if not self.waiting:
             # Nothing waits: the next request tries the target itself.
             self.paused = False
         elif self.in_flight < self.concurrency:
@@ -311,7 +343,7 @@ class FairQueue:
 
     def _expire(self, ticket: Ticket) -> None:
         ticket._timer = None
-        if not self._remove(ticket):
+        if not self._scheduler.remove(ticket):
             return
         waited = _duration(self.timeout)
         if self.paused and self.last_error:

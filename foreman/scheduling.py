@@ -18,6 +18,8 @@ backlogged clients. If that raised it (it had not been served more than the
 least served), it is a newcomer and goes at the next free slot, newcomers in
 the order they came. A client that was just served has a higher counter than
 that, so it waits its turn: a closed loop of long requests cannot jump ahead.
+It is never kept more than about one of its requests ahead, though: having
+had the target to itself while nobody else wanted it costs nothing later.
 
 Model affinity: when the fair choice is a request for a model the target
 does not hold in memory and another client's head request is for one it
@@ -100,10 +102,14 @@ class FairScheduler(Generic[Item]):
         self._by_model: dict[str, list[tuple[tuple[int, float, int], int, str]]] = {}
         self._seq = itertools.count()
         self._picks = 0
+        # Everyone's recent mean service: the estimate for a client with none of its own.
+        self._mean_service: float | None = None
         #: the counter of the last dispatched client: where idle clients come back to
         self.virtual_time = 0.0
         #: requests waiting, over all clients
         self.waiting = 0
+        #: clients with a request waiting
+        self.backlogged = 0
 
     # --- what the queue tells it ----------------------------------------------
 
@@ -120,13 +126,17 @@ class FairScheduler(Generic[Item]):
             if level is None:
                 level = self.virtual_time
             state.newcomer = state.counter <= level
-            state.counter = max(state.counter, level)
+            # ...and never more than about one request above it: a client that
+            # had the slots to itself while nobody waited owes nothing for it.
+            ceiling = level + (state.mean_service or 0.0) / state.weight
+            state.counter = min(max(state.counter, level), ceiling)
         entry = _Entry(item, state, model, next(self._seq))
         self._entries[item] = entry
         was_head = not state.waiting
         state.waiting[item] = entry
         self.waiting += 1
         if was_head:
+            self.backlogged += 1
             self._reindex(state)
 
     def retry(self, item: Item) -> None:
@@ -138,6 +148,8 @@ class FairScheduler(Generic[Item]):
         entry.charged = 0.0
         state.newcomer = state.newcomer or entry.newcomer
         self._entries[item] = entry
+        if not state.waiting:
+            self.backlogged += 1
         state.waiting[item] = entry
         state.waiting.move_to_end(item, last=False)
         self.waiting += 1
@@ -152,6 +164,8 @@ class FairScheduler(Generic[Item]):
         was_head = state.head() is entry
         del state.waiting[item]
         self.waiting -= 1
+        if not state.waiting:
+            self.backlogged -= 1
         if was_head:
             self._reindex(state)
         return True
@@ -167,8 +181,8 @@ class FairScheduler(Generic[Item]):
             state.counter += service / state.weight - entry.charged
             state.service += service
             state.served += 1
-            mean = state.mean_service
-            state.mean_service = service if mean is None else mean + _MEAN_WEIGHT * (service - mean)
+            state.mean_service = _running_mean(state.mean_service, service)
+            self._mean_service = _running_mean(self._mean_service, service)
         if state.waiting:
             self._reindex(state)
 
@@ -193,6 +207,13 @@ class FairScheduler(Generic[Item]):
                 if now - chosen.passed_since + expected < self.affinity:
                     chosen = nearby.head()
         return self._dispatch(chosen)
+
+    def drain(self) -> list[Item]:
+        """Take every waiting request out (shutdown), in no particular order."""
+        items = list(self._entries)
+        for item in items:
+            self.remove(item)
+        return items
 
     def fair_choice(self) -> Item | None:
         """The request fairness alone would dispatch next (for tests and the simulator)."""
@@ -221,8 +242,12 @@ class FairScheduler(Generic[Item]):
         del self._entries[entry.item]
         del state.waiting[entry.item]
         self.waiting -= 1
+        if not state.waiting:
+            self.backlogged -= 1
         self.virtual_time = max(self.virtual_time, state.counter)
-        estimate = state.mean_service or 0.0
+        estimate = state.mean_service
+        if estimate is None:
+            estimate = self._mean_service or 0.0
         entry.charged = estimate / state.weight
         state.counter += entry.charged
         entry.newcomer, state.newcomer = state.newcomer, False
@@ -302,3 +327,7 @@ class FairScheduler(Generic[Item]):
         for model, heap in list(self._by_model.items()):
             if self._top(heap) is None:
                 del self._by_model[model]
+
+
+def _running_mean(mean: float | None, sample: float) -> float:
+    return sample if mean is None else mean + _MEAN_WEIGHT * (sample - mean)
