@@ -22,6 +22,7 @@ from collections.abc import Callable
 from tornado.ioloop import PeriodicCallback
 
 from foreman.names import canonical
+from foreman.resident import ResidentModels
 from foreman.target import Target, TargetError, TargetStatusError, TargetUnusable
 
 log = logging.getLogger("foreman.inventory")
@@ -32,7 +33,12 @@ MISS_REPOLL_FLOOR = 1.0
 
 class Inventory:
     def __init__(
-        self, target: Target, poll_interval: float, clock: Callable[[], float] = time.monotonic
+        self,
+        target: Target,
+        poll_interval: float,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        track_resident: bool = False,
     ) -> None:
         self._target = target
         self._clock = clock
@@ -49,6 +55,11 @@ class Inventory:
         self.last_error: str | None = None
         self.polls_tried = 0
         self.degraded = True
+        #: the models the target holds in memory, from /api/ps and foreman's dispatches
+        self.resident = ResidentModels()
+        # Asking /api/ps is only worth it when the queue uses the answer (model affinity).
+        self._track_resident = track_resident
+        self._ps: asyncio.Future[None] | None = None
 
     @property
     def model_count(self) -> int:
@@ -118,10 +129,30 @@ class Inventory:
             self._record_success(response.body, names)
             for listener in self._on_success:
                 listener()
+            await self.refresh_resident()
             return True
         finally:
             self.polls_tried += 1
             self._last_poll_ended = self._clock()
+
+    def refresh_resident(self) -> asyncio.Future[None]:
+        """Ask the target what it holds in memory, unless that is being asked already."""
+        if self._ps is None or self._ps.done():
+            if not self._track_resident:
+                self._ps = asyncio.get_running_loop().create_future()
+                self._ps.set_result(None)
+            else:
+                self._ps = asyncio.ensure_future(self._ask_resident())
+        return self._ps
+
+    async def _ask_resident(self) -> None:
+        try:
+            response = await self._target.fetch("/api/ps")
+            self.resident.reported(response.json())
+        except TargetError as e:
+            # Not worth a warning: the poll of /api/tags says whether the target is up,
+            # and without /api/ps foreman only guesses worse which model is loaded.
+            log.debug("asking the target which models it holds failed: %s", e)
 
     def _record_success(self, body: bytes, names: frozenset[str]) -> None:
         if self.degraded and self.polls_tried:

@@ -31,6 +31,10 @@ class RequestRecord:
     #: the target's eval_count and eval_duration, from a final chunk
     eval_count: int | None = None
     eval_duration: int | None = None
+    #: seconds the request held a slot at the target (queued routes)
+    service: float | None = None
+    #: it made the target load its model
+    model_load: bool = False
     status: int = 0
     finished: float | None = None
 

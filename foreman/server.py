@@ -71,14 +71,21 @@ class Foreman:
             config.target_display,
             idle_timeout=config.target_idle_timeout,
         )
-        self.inventory = Inventory(self.target, config.poll_interval)
+        self.inventory = Inventory(
+            self.target, config.poll_interval, track_resident=config.model_affinity > 0
+        )
         self.activity = Activity()
+        resident = self.inventory.resident
         self.queue = FairQueue(
             config.concurrency,
             config.max_queue,
             config.queue_timeout,
             max_per_client=config.max_queue_per_client,
+            affinity=config.model_affinity,
+            resident=resident.current,
         )
+        # What foreman sends the target is what it holds next.
+        self.queue.on_dispatch(lambda ticket: ticket.model and resident.dispatched(ticket.model))
         # A good poll proves the target is back: resume a paused queue at once.
         self.inventory.on_success(self.queue.reachable)
         self.tokens = TokenSet(inbound_tokens(config), config.token_clients)

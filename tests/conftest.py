@@ -62,6 +62,9 @@ def foreman_config(target_url: str, **env: str) -> config.Config:
         "FOREMAN_LISTEN": "127.0.0.1:0",
         # Tests poll on demand; a periodic poll would race their assertions.
         "FOREMAN_POLL_INTERVAL": "1h",
+        # Model affinity asks the target's /api/ps besides; tests see only the
+        # requests they cause, unless they are about affinity and turn it on.
+        "FOREMAN_MODEL_AFFINITY": "0",
         "FOREMAN_SHUTDOWN_GRACE": "5s",
     }
     environ.update(env)

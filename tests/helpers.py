@@ -127,3 +127,8 @@ async def serve_raw(behaviour):
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     return server, f"http://127.0.0.1:{port}"
+
+
+def last_request(stub, path: str):
+    """The last request the stand-in got for `path` (foreman also asks it /api/ps and /api/tags)."""
+    return next(r for r in reversed(stub.requests) if r.path == path)

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.helpers import StreamReader, ndjson, raw_post, until
+from tests.helpers import StreamReader, last_request, ndjson, raw_post, until
 
 MODEL = "llama3.2"
 
@@ -30,8 +30,7 @@ async def test_streams_by_default_with_targets_status_and_type(foreman, stub) ->
     assert all(line["done"] is False for line in lines[:-1])
     assert lines[-1]["done"] is True
     # The target saw the client's bytes unchanged.
-    assert stub.requests[-1].path == "/api/chat"
-    assert stub.requests[-1].body == json.dumps(body).encode()
+    assert last_request(stub, "/api/chat").body == json.dumps(body).encode()
 
 
 async def test_same_bytes_as_the_target_apart_from_timestamps(foreman, stub) -> None:
@@ -263,7 +262,7 @@ async def test_client_authorization_never_reaches_target_without_outbound_token(
         "/api/chat", method="POST", body=chat_body(stream=False), headers={"Authorization": "Bearer mine"}
     )
     assert response.code == 200
-    assert "Authorization" not in stub.requests[-1].headers
+    assert "Authorization" not in last_request(stub, "/api/chat").headers
 
 
 async def test_foreign_host_and_hop_by_hop_headers_not_forwarded(foreman, stub) -> None:
@@ -283,7 +282,7 @@ async def test_foreign_host_and_hop_by_hop_headers_not_forwarded(foreman, stub) 
         },
     )
     assert response.code == 200, response.body
-    seen = stub.requests[-1].headers
+    seen = last_request(stub, "/api/chat").headers
     assert seen["Host"] == stub.url.removeprefix("http://")
     assert seen["X-Custom"] == "kept"
     assert "X-Private" not in seen and "Keep-Alive" not in seen

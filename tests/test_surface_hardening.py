@@ -22,7 +22,7 @@ import sys
 import pytest
 
 from foreman import logs
-from tests.helpers import serve_raw
+from tests.helpers import last_request, serve_raw
 
 CHAT = {"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}]}
 TAGS = b'{"models":[{"name":"llama3.2:latest","model":"llama3.2:latest"}]}'
@@ -443,4 +443,4 @@ async def test_a_foreman_on_all_interfaces_takes_any_host(start_foreman, stub) -
     )
     assert status == 200, body
     # The target gets its own Host, never the client's.
-    assert re.fullmatch(r"127\.0\.0\.1:\d+", stub.requests[-1].headers["Host"])
+    assert re.fullmatch(r"127\.0\.0\.1:\d+", last_request(stub, "/api/show").headers["Host"])

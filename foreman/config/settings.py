@@ -156,6 +156,14 @@ class Config:
         help="Longest a request may wait for its turn, including while the Ollama "
         "server is unreachable.",
     )
+    model_affinity: float = setting(
+        default="30s",
+        read=readers.duration(allow_zero=True),
+        metavar="DURATION",
+        help="How long a request whose model the Ollama server would have to load "
+        "may be passed over for requests whose model it holds in memory (fewer "
+        "model loads); 0 turns this off.",
+    )
     admin_tokens: tuple[str, ...] = setting(
         default=None,
         read=readers.token_list,

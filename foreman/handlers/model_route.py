@@ -10,6 +10,7 @@ import json
 
 from foreman.handlers.base import RETRY_AFTER_UNREACHABLE, ForemanError
 from foreman.handlers.relay import RelayHandler
+from foreman.names import canonical
 from foreman.shown import shown
 
 
@@ -41,7 +42,8 @@ class ModelRouteHandler(RelayHandler):
             self.fail(e)
             return
         if self.queued:
-            await self.relay_queued("POST", self.target_path, self.body)
+            model = canonical(self.record.model) if self.record.model else None
+            await self.relay_queued("POST", self.target_path, self.body, model)
         else:
             await self.relay("POST", self.target_path, self.body)
 

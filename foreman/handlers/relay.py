@@ -8,6 +8,7 @@ client goes away, the target connection is closed at once.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 import time
 
 from foreman.handlers.base import BaseHandler, ForemanError, target_failure
@@ -56,12 +57,17 @@ class RelayHandler(BaseHandler):
         stream = getattr(self.request.connection, "stream", None)
         return stream is not None and stream.closed()
 
-    async def relay_queued(self, method: str, path: str, body: bytes | None) -> None:
-        """Wait for a turn in the queue, then relay; always finishes."""
+    async def relay_queued(
+        self, method: str, path: str, body: bytes | None, model: str | None = None
+    ) -> None:
+        """Wait for a turn in the queue, then relay; always finishes.
+
+        `model` (canonical) lets the queue prefer what the target holds in memory.
+        """
         queue = self.services.queue
         record = self.record
         try:
-            ticket = self._ticket = queue.admit(self.client_id)
+            ticket = self._ticket = queue.admit(self.client_id, self.client.weight, model)
         except QueueError as e:
             # Too many of its own requests waiting is the client's to fix: 429.
             status = 429 if isinstance(e, ClientQueueFull) else 503
@@ -78,11 +84,18 @@ class RelayHandler(BaseHandler):
                     self.fail(ForemanError(503, str(e), {"Retry-After": str(e.retry_after)}))
                     return
                 record.queue_wait = ticket.waited
+                record.model_load = ticket.caused_load
                 self.note_queue_wait()
                 started = time.monotonic()
-                unreachable = await self.relay(method, path, body, retry_unreachable=True)
+                unreachable = await self.relay(
+                    method, path, body, retry_unreachable=True,
+                    # Once a model it made the target load answers, ask what is
+                    # in memory now: the load may have evicted another.
+                    on_answer=self.services.inventory.refresh_resident if ticket.caused_load else None,
+                )
                 if unreachable is None:
-                    queue.done(ticket, time.monotonic() - started)
+                    record.service = time.monotonic() - started
+                    queue.done(ticket, record.service)
                     return
                 # Nothing reached a model: keep the place and wait the outage out.
                 log.info("target unreachable; request from %s waits for it: %s", self.client_id, unreachable)
@@ -99,13 +112,15 @@ class RelayHandler(BaseHandler):
         retry_unreachable: bool = False,
         body_producer: BodyProducer | None = None,
         idle_timeout: float | None = None,
+        on_answer: Callable[[], object] | None = None,
     ) -> TargetUnreachable | None:
         """Send this request to the target and relay the answer.
 
         Finishes the response, except when `retry_unreachable` is set and the
         target could not be reached: then nothing was sent to the client and
         the error is returned so that the caller can try again.
-        `idle_timeout` overrides FOREMAN_TARGET_IDLE_TIMEOUT (metadata routes).
+        `idle_timeout` overrides FOREMAN_TARGET_IDLE_TIMEOUT (metadata routes);
+        `on_answer` is called when the target's answer begins.
         """
         queue = self.services.queue
         if self._client_gone:
@@ -113,7 +128,12 @@ class RelayHandler(BaseHandler):
         upstream = self._upstream = Upstream()
         # The target answering at all proves it is back: resume the queue then,
         # not when this (possibly minutes-long) answer ends.
-        sink = ClientSink(self, on_start=queue.reachable, on_lost=self.lose_client)
+        def answer_began() -> None:
+            queue.reachable()
+            if on_answer is not None:
+                on_answer()
+
+        sink = ClientSink(self, on_start=answer_began, on_lost=self.lose_client)
         try:
             await self.services.target.relay(
                 method, path, body, self.request.headers, sink, upstream, body_producer,
