@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from foreman import __version__, config, logs
 
@@ -36,10 +37,17 @@ def serve_parser(prog: str = "foreman") -> argparse.ArgumentParser:
     return parser
 
 
+class _OneLineErrors(argparse.ArgumentParser):
+    """A bad flag is one line on stderr and exit 2, as a bad setting of `serve` is."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message}\n")
+
+
 def stub_parser() -> argparse.ArgumentParser:
     from foreman import stub
 
-    parser = argparse.ArgumentParser(
+    parser = _OneLineErrors(
         prog="foreman stub",
         description=stub.DESCRIPTION,
         epilog=stub.routes_help(),

@@ -1,9 +1,9 @@
 """A deterministic stand-in for an Ollama server (tests, ``foreman stub``, ``foreman demo``).
 
 The package, from the bottom up: `naming` (model names, by Ollama's rules),
-`state` (knobs, inventory, counters), `base` (constants, JSON helpers, the
-request gate every handler passes), `catalog` (what the stub says about a
-model), `running` (streaming and run bookkeeping), one module per route
+`memory` (resident models, loads, evictions), `state` (knobs, inventory,
+counters), `base` (constants, JSON helpers, the request gate every handler
+passes), `catalog` (what the stub says about a model), `running` (streaming and run bookkeeping), one module per route
 family — `info` (``/``, version, tags, ps), `generation` (chat, generate,
 embed), `management` (show, pull, push, create, copy, delete, blobs), `v1`
 (OpenAI-compatible) — and `server` (`StubOllama`, the route table, the

@@ -1,7 +1,8 @@
 """The native routes that run the model: chat, generate, embed and embeddings.
 
 Each validates its body as Ollama does, resolves the model (404 if absent),
-waits out ``hold``, answers ``chat_status`` if set, then replies: a scripted
+waits out ``hold``, answers ``chat_status`` if set, waits for the model to be
+resident (its ``load_duration``), then replies: a scripted
 "You said: …" streamed as NDJSON (or one object with ``stream: false``), or
 unit vectors derived from the input text.
 """
@@ -21,8 +22,8 @@ from foreman.stub.running import (
     pull_hint,
 )
 
-# Fixed "timings" in nanoseconds (Ollama reports durations in ns).
-_LOAD_NS = 5_000_000
+# Fixed "timings" in nanoseconds (Ollama reports durations in ns); load_duration
+# is the handler's load_ns: the wait for the model, at least 5 ms.
 _PROMPT_TOKEN_NS = 1_000_000
 _EVAL_TOKEN_NS = 20_000_000
 
@@ -59,7 +60,7 @@ class ChatHandler(RunHandler):
             return
         reply = Reply.for_chat(messages, body.get("options"))
         prompt_tokens = count_tokens(str(m.get("content") or "") for m in messages)
-        final = _final_response(requested, prompt_tokens, reply.count)
+        final = _final_response(requested, prompt_tokens, reply.count, self.load_ns)
         if body.get("stream") is False:
             final["message"]["content"] = reply.text()
             await self.send_whole(JSON_TYPE, reply.count, lambda: dumps(final))
@@ -91,15 +92,18 @@ class GenerateHandler(RunHandler):
         if prompt is not None and not isinstance(prompt, str):
             self.fail(400, "prompt must be a string")
             return
-        name = await self.admit(requested)
+        unloading = not prompt and body.get("keep_alive") in (0, "0", "0s", "0m")
+        name = await self.admit(requested, load=not unloading)  # Ollama unloads without a load
         if name is None:
             return
         if not prompt:
+            if unloading:
+                self.stub.unload(name)
             self.set_header("Content-Type", JSON_TYPE)
-            await self.send_last(dumps(self._load(requested, name, body.get("keep_alive"))))
+            await self.send_last(dumps(_load_answer(requested, unloading)))
             return
         reply = Reply.for_prompt(prompt, body.get("options"))
-        stats = _final_response(requested, count_tokens([prompt]), reply.count)
+        stats = _final_response(requested, count_tokens([prompt]), reply.count, self.load_ns)
         final: dict[str, Any] = {
             "model": requested,
             "created_at": stats["created_at"],
@@ -126,20 +130,6 @@ class GenerateHandler(RunHandler):
 
         await self.send_stream(NDJSON_TYPE, reply.count, line, lambda: [dumps(final) + b"\n"])
 
-    def _load(self, requested: str, name: str, keep_alive: object) -> dict[str, Any]:
-        """Ollama's answer to a prompt-less generate: load, or unload with keep_alive 0."""
-        reason = "load"
-        if keep_alive in (0, "0", "0s", "0m"):
-            reason = "unload"
-            self.stub.unload(name)
-        return {
-            "model": requested,
-            "created_at": timestamp(STUB_EPOCH),
-            "response": "",
-            "done": True,
-            "done_reason": reason,
-        }
-
 
 class EmbedHandler(RunHandler):
     """POST /api/embed: ``input`` (a string or a list of strings) to unit vectors."""
@@ -164,8 +154,8 @@ class EmbedHandler(RunHandler):
         if texts:  # an empty input only loads the model
             answer["embeddings"] = [embedding_for(t, body.get("dimensions")) for t in texts]
             tokens = count_tokens(texts)
-            answer["total_duration"] = _LOAD_NS + tokens * _PROMPT_TOKEN_NS
-            answer["load_duration"] = _LOAD_NS
+            answer["total_duration"] = self.load_ns + tokens * _PROMPT_TOKEN_NS
+            answer["load_duration"] = self.load_ns
             answer["prompt_eval_count"] = tokens
         self.set_header("Content-Type", JSON_TYPE)
         await self.send_last(dumps(answer))
@@ -190,7 +180,7 @@ class EmbeddingsHandler(EmbedHandler):
         await self.send_last(dumps({"embedding": vector}))
 
 
-def _final_response(requested: str, prompt_tokens: int, count: int) -> dict[str, Any]:
+def _final_response(requested: str, prompt_tokens: int, count: int, load_ns: int) -> dict[str, Any]:
     prompt_ns = prompt_tokens * _PROMPT_TOKEN_NS
     eval_ns = count * _EVAL_TOKEN_NS
     return {
@@ -199,8 +189,8 @@ def _final_response(requested: str, prompt_tokens: int, count: int) -> dict[str,
         "message": {"role": "assistant", "content": ""},
         "done_reason": "stop",
         "done": True,
-        "total_duration": _LOAD_NS + prompt_ns + eval_ns,
-        "load_duration": _LOAD_NS,
+        "total_duration": load_ns + prompt_ns + eval_ns,
+        "load_duration": load_ns,
         "prompt_eval_count": prompt_tokens,
         "prompt_eval_duration": prompt_ns,
         "eval_count": count,
@@ -215,6 +205,17 @@ def _load_response(requested: str) -> dict[str, Any]:
         "message": {"role": "assistant", "content": ""},
         "done_reason": "load",
         "done": True,
+    }
+
+
+def _load_answer(requested: str, unloading: bool) -> dict[str, Any]:
+    """Ollama's answer to a prompt-less generate: a load, or an unload with keep_alive 0."""
+    return {
+        "model": requested,
+        "created_at": timestamp(STUB_EPOCH),
+        "response": "",
+        "done": True,
+        "done_reason": "unload" if unloading else "load",
     }
 
 

@@ -2,7 +2,8 @@
 
 `RunHandler` is the base of every POST that runs the model (chat, generate,
 embed, the /v1 generation routes) or reports progress (pull, push, create):
-it parses the body, resolves the model, waits out the stub's ``hold``, writes
+it parses the body, resolves the model, waits out the stub's ``hold``, takes
+the model in the stub's memory (waiting for its load if need be), writes
 NDJSON or SSE line by line under chunk_delay/pace/break_after, and counts how
 each request ended. `Reply` is the scripted answer those routes give.
 """
@@ -24,6 +25,7 @@ from foreman.stub.catalog import timestamp
 from foreman.stub.state import StubState
 
 _TOKEN_INTERVAL = timedelta(milliseconds=20)
+_LOAD_NS = 5_000_000  # load_duration when a run did not wait for its model
 _FALLBACK_REPLY = "This is the stub Ollama talking."
 
 
@@ -48,6 +50,8 @@ class RunHandler(StubHandler):
         self._active = False  # entered and not yet left
         self._ending = False  # the last write is under way: a close is no loss
         self._outcome: str | None = None  # "finished", "disconnected", "broken"
+        self._model_held: str | None = None  # the model this run holds in the stub's memory
+        self.load_ns = _LOAD_NS  # load_duration to report: what admit() waited, or the fixed 5 ms
 
     async def post(self, *args: str) -> None:
         self._active = True
@@ -81,6 +85,9 @@ class RunHandler(StubHandler):
         self._leave()
 
     def _leave(self) -> None:
+        held, self._model_held = self._model_held, None
+        if held is not None:
+            self.stub.release_model(held)
         if self._active:
             self._active = False
             if self.runs_model:
@@ -114,8 +121,13 @@ class RunHandler(StubHandler):
             return None
         return body, model
 
-    async def admit(self, requested: str) -> str | None:
-        """Resolve, wait out `hold`, apply `chat_status`, mark loaded; None once answered."""
+    async def admit(self, requested: str, *, load: bool = True) -> str | None:
+        """Resolve, wait out `hold`, apply `chat_status`, take the model; None once answered.
+
+        Taking the model (unless `load` is false) makes it resident and holds
+        it until the run ends (see `ModelMemory`); the wait for it, at least
+        the fixed 5 ms, becomes `load_ns`.
+        """
         stub = self.stub
         name = stub.resolve(requested)
         if name is None:
@@ -126,8 +138,19 @@ class RunHandler(StubHandler):
         if stub.chat_status is not None:
             self.fail(stub.chat_status, "stub error")
             return None
-        stub.mark_loaded(name)
+        if not load:
+            return name
+        if stub.take_model_now(name):  # resident, or loaded in no time: no yield
+            self._model_held = name
+        elif not await self._unless_gone(self._wait_for_model(name)):
+            return None
         return name
+
+    async def _wait_for_model(self, name: str) -> None:
+        waited = await self.stub.acquire_model(name)
+        self._model_held = name  # at once: _leave() must release it whatever happens next
+        if waited is not None:
+            self.load_ns = max(_LOAD_NS, round(waited * 1e9))
 
     # --- writing ---
 

@@ -62,12 +62,13 @@ class StubOllama(StubState):
     answers (`foreman.stub.cors`: preflights, 403 for an origin not allowed),
     ``stream`` defaulting to true on native routes and to false on ``/v1``).
     Replies, digests, vectors and timestamps are fixed functions of the
-    request, so two identical requests get byte-identical answers.
+    request, so two identical requests get byte-identical answers (unless a
+    load time makes ``load_duration`` report a wait).
 
     Knobs (plain attributes, change them at any time): ``models``, ``token``,
     ``chunk_delay``, ``check_host``, ``hold``, ``pace``, ``break_after``,
     ``chat_status``, ``tags_status``, ``tags_hold``, ``progress_error``,
-    ``blobs``, ``origins`` (the origins allowed: Ollama's defaults, plus
+    ``blobs``, ``max_loaded``, ``load_time``, ``load_hold``, ``origins`` (the origins allowed: Ollama's defaults, plus
     what ``OLLAMA_ORIGINS`` would add; ``("*",)`` for all). Observations:
     ``requests`` (every request, any route) and the counters below;
     `wait_for` blocks until a predicate over them holds.
@@ -76,7 +77,8 @@ class StubOllama(StubState):
     /api/generate, /api/embed, /api/embeddings, /v1/chat/completions,
     /v1/completions and /v1/embeddings. For all of them the stub resolves
     the model (404 if absent), then waits for ``hold``, then answers
-    ``chat_status`` if set, then marks the model loaded (``/api/ps``).
+    ``chat_status`` if set, then takes the model in memory (below) and holds
+    it until the run ends.
     ``chats_started`` counts every run that got past the Host and token
     checks, including ones then rejected (400/404/``chat_status``);
     ``chats_finished``/``_disconnected``/``_broken`` count how runs ended, and
@@ -104,6 +106,25 @@ class StubOllama(StubState):
     before its ``success``; ``/api/copy`` adds the destination; ``DELETE
     /api/delete`` removes the model. ``blobs`` maps ``sha256:<hex>`` to
     the bytes POSTed to /api/blobs.
+
+    Model memory (`foreman.stub.memory`): ``loaded`` lists the resident
+    models in load order, as ``/api/ps`` does. With ``max_loaded`` = N (None:
+    no limit, the default) at most N are resident; a run for another model
+    waits for its load, and loads go one at a time, in arrival order: a load
+    first evicts the least recently used idle model (one no run holds) and,
+    if every resident model is busy, waits until one is idle. A load takes
+    ``load_time`` seconds (default 0), then waits for ``load_hold`` if set.
+    While a load is queued or under way, runs for resident models queue
+    behind it. The time a run waited for its
+    model is its ``load_duration`` (chat, generate, embed), at least the fixed
+    5 ms reported when it did not wait. A client leaving while queued loads
+    nothing; one leaving during its load lets the load finish, as Ollama
+    does. A prompt-less generate with ``keep_alive`` 0 unloads without a load
+    (a busy model goes when its last run ends), as does deleting the model.
+    Readings: ``loads`` (per model), ``loads_total``, ``load_log`` (in
+    order), ``evictions``, ``eviction_log``, ``busy`` (runs per model),
+    ``loading`` (the model loading now), ``runs_awaiting_model`` and
+    `eviction_candidates` (idle resident models, next evicted first).
     """
 
     def __init__(
@@ -112,8 +133,16 @@ class StubOllama(StubState):
         *,
         token: str | None = None,
         chunk_delay: float = 0.0,
+        max_loaded: int | None = None,
+        load_time: float = 0.0,
     ) -> None:
-        super().__init__(models, token=token, chunk_delay=chunk_delay)
+        super().__init__(
+            models,
+            token=token,
+            chunk_delay=chunk_delay,
+            max_loaded=max_loaded,
+            load_time=load_time,
+        )
         self._server: _TrackingHTTPServer | None = None
         self._host = "127.0.0.1"
         self._port: int | None = None
@@ -145,6 +174,7 @@ class StubOllama(StubState):
         server, self._server = self._server, None
         if server is None:
             return
+        self.cancel_loads()
         server.stop()
         for stream in list(server.streams):
             stream.close()
@@ -174,7 +204,7 @@ no model behind it, for trying foreman or a client without a real Ollama.
 Chat and generate answer "You said: <your last message>" word by word,
 embeddings are derived from the input text, /api/pull, /api/create and
 /api/copy add a model to its list and /api/delete removes one. Identical
-requests get byte-identical answers."""
+requests get byte-identical answers (but for load_duration, with --load-time)."""
 
 
 def routes_help() -> str:
@@ -196,12 +226,34 @@ def _parse_listen(value: str) -> tuple[str, int]:
         return parse_listen(value)
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"--listen {value!r}: expected host:port, e.g. 127.0.0.1:11434 or :11434"
+            f"expected host:port, e.g. 127.0.0.1:11434 or :11434, not {value!r}"
         ) from None
 
 
 def _parse_models(value: str) -> list[str]:
     return [m.strip() for m in value.split(",") if m.strip()]
+
+
+def _parse_max_loaded(value: str) -> int:
+    try:
+        count = int(value)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number, 1 or more, not {value!r}")
+    return count
+
+
+def _parse_load_time(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds <= 86_400:  # also refuses nan and inf
+        raise argparse.ArgumentTypeError(
+            f"expected seconds from 0 to 86400 (e.g. 2 or 0.5), not {value!r}"
+        )
+    return seconds
 
 
 def add_stub_arguments(parser: argparse.ArgumentParser) -> None:
@@ -235,12 +287,37 @@ def add_stub_arguments(parser: argparse.ArgumentParser) -> None:
         help="pause before each streamed chunk after the first: a word of a reply, "
         "a line of pull progress; 0 streams at once (default: 0.05)",
     )
+    parser.add_argument(
+        "--max-loaded",
+        type=_parse_max_loaded,
+        default=None,
+        metavar="N",
+        help="hold at most N models in memory, as a Mac does: a request for another "
+        "one waits for a load (one at a time), which evicts the least recently used "
+        "idle model; /api/ps lists what is held (default: no limit)",
+    )
+    parser.add_argument(
+        "--load-time",
+        type=_parse_load_time,
+        default=0.0,
+        metavar="SECONDS",
+        help="how long loading a model takes; a request's wait for its model is "
+        "its load_duration (default: 0)",
+    )
 
 
 def stub_from_args(args: argparse.Namespace) -> Coroutine[Any, Any, None]:
     """The `run_stub` coroutine for parsed `add_stub_arguments` flags."""
     host, port = args.listen
-    return run_stub(host, port, args.models, args.token, args.chunk_delay)
+    return run_stub(
+        host,
+        port,
+        args.models,
+        args.token,
+        args.chunk_delay,
+        max_loaded=args.max_loaded,
+        load_time=args.load_time,
+    )
 
 
 async def run_stub(
@@ -249,9 +326,14 @@ async def run_stub(
     models: list[str],
     token: str | None,
     chunk_delay: float,
+    *,
+    max_loaded: int | None = None,
+    load_time: float = 0.0,
 ) -> None:
     """Serve a stub Ollama until cancelled."""
-    stub = StubOllama(models, token=token, chunk_delay=chunk_delay)
+    stub = StubOllama(
+        models, token=token, chunk_delay=chunk_delay, max_loaded=max_loaded, load_time=load_time
+    )
     # Ollama only polices Host when it listens on loopback.
     stub.check_host = listen_host != "" and is_local_host(listen_host)
     port = stub.listen(listen_port, listen_host)

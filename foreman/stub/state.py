@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import tornado.httputil
 
 from foreman.stub.cors import DEFAULT_ORIGINS
+from foreman.stub.memory import ModelMemory
 from foreman.stub.naming import same_model
 
 DEFAULT_MODELS: tuple[str, ...] = (
@@ -33,8 +34,11 @@ class RecordedRequest:
     body: bytes
 
 
-class StubState:
-    """Knobs (plain attributes, change them at any time), inventory and counters."""
+class StubState(ModelMemory):
+    """Knobs (plain attributes, change them at any time), inventory and counters.
+
+    Model memory (what is resident, loads, evictions) comes from `ModelMemory`.
+    """
 
     def __init__(
         self,
@@ -42,7 +46,10 @@ class StubState:
         *,
         token: str | None = None,
         chunk_delay: float = 0.0,
+        max_loaded: int | None = None,
+        load_time: float = 0.0,
     ) -> None:
+        super().__init__(max_loaded=max_loaded, load_time=load_time)
         self.models: list[str] = list(models)
         self.token = token
         self.chunk_delay = chunk_delay
@@ -77,7 +84,6 @@ class StubState:
         self.progress_disconnected = 0
         self.progress_broken = 0
 
-        self.loaded: list[str] = []  # what /api/ps reports, in load order
         self._changed = asyncio.Event()  # replaced after every state change
 
     # --- for tests: waiting on and reading the counters ---
@@ -122,6 +128,10 @@ class StubState:
             "progress_disconnected": self.progress_disconnected,
             "progress_broken": self.progress_broken,
             "models": len(self.models),
+            "loaded": len(self.loaded),
+            "loads_total": self.loads_total,
+            "evictions": self.evictions,
+            "runs_awaiting_model": self.runs_awaiting_model,
         }
 
     def resolve(self, requested: str) -> str | None:
@@ -159,14 +169,6 @@ class StubState:
     def chat_left(self) -> None:
         self.active_chats -= 1
         self.notify()
-
-    def mark_loaded(self, name: str) -> None:
-        if name not in self.loaded:
-            self.loaded.append(name)
-
-    def unload(self, name: str) -> None:
-        if name in self.loaded:
-            self.loaded.remove(name)
 
     def add_model(self, name: str) -> None:
         """Put `name` in the inventory unless it is there (verbatim or by Ollama's rules)."""

@@ -69,6 +69,8 @@ def test_help_says_what_the_stand_in_does_and_what_each_option_does() -> None:
         ("--models A,B,...", "the models it has"),
         ("--token TOKEN", "require 'Authorization: Bearer TOKEN'"),
         ("--chunk-delay SECONDS", "pause before each streamed chunk"),
+        ("--max-loaded N", "hold at most N models in memory"),
+        ("--load-time SECONDS", "how long loading a model takes"),
     ]:
         assert f"{flag} {what}" in text, flag
 
