@@ -69,7 +69,8 @@ def configure(log_format: str, level: str) -> None:
 
 def log_request(handler: tornado.web.RequestHandler) -> None:
     """One line per request: method, path, status, duration, model, client, queue wait,
-    time to first byte, bytes relayed and the target's eval_count/eval_duration."""
+    time to first byte, service time at the target, whether it made the target load its
+    model, bytes relayed and the target's eval_count/eval_duration."""
     record: RequestRecord | None = getattr(handler, "record", None)
     if record is None:  # not one of foreman's handlers: nothing to say
         return
@@ -100,6 +101,8 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
             ("client", record.client),
             ("wait", None if queue_wait is None else f"{queue_wait:.3f}s"),
             ("ttfb", None if ttfb_ms is None else f"{ttfb_ms:.1f}ms"),
+            ("service", None if record.service is None else f"{record.service:.3f}s"),
+            ("load", "yes" if record.model_load else None),
             ("bytes", record.relayed_bytes),
             ("eval_count", record.eval_count),
         )
@@ -124,6 +127,8 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
             "client": record.client or None,
             "queue_wait": None if queue_wait is None else round(queue_wait, 6),
             "ttfb_ms": ttfb_ms,
+            "service": None if record.service is None else round(record.service, 6),
+            "model_load": record.model_load,
             "bytes": record.relayed_bytes,
             "eval_count": record.eval_count,
             "eval_duration": record.eval_duration,

@@ -52,6 +52,34 @@ class Metrics:
             "Tokens the target reports having generated (eval_count of final chunks).",
             registry=self.registry,
         )
+        # Per client: only the names a tokens file gives, so labels stay bounded.
+        self._named: frozenset[str] = frozenset()
+        self.client_service = Counter(
+            "foreman_client_service_seconds",
+            "Seconds queued requests held a slot at the target, by named client "
+            "(anonymous: every client without a name).",
+            ["client"],
+            registry=self.registry,
+        )
+        self.client_requests = Counter(
+            "foreman_client_requests",
+            "Queued requests answered by the target, by named client.",
+            ["client"],
+            registry=self.registry,
+        )
+        self.client_queue_wait = Histogram(
+            "foreman_client_queue_wait_seconds",
+            "Time requests waited in the queue for their turn, by named client.",
+            ["client"],
+            buckets=_WAIT_BUCKETS,
+            registry=self.registry,
+        )
+        self.model_loads = Counter(
+            "foreman_model_loads",
+            "Requests foreman sent for a model the target did not hold in memory "
+            "(as far as foreman knew): model loads it caused.",
+            registry=self.registry,
+        )
         gauges = {
             "foreman_queue_waiting": ("Requests waiting for a turn.", lambda: queue.waiting),
             "foreman_queue_in_flight": ("Requests at the target now.", lambda: queue.in_flight),
@@ -78,8 +106,22 @@ class Metrics:
         )
         if record.queue_wait is not None:
             self.queue_wait.observe(record.queue_wait)
+            self.client_queue_wait.labels(self.client_label(record.client)).observe(record.queue_wait)
+        if record.service is not None:
+            label = self.client_label(record.client)
+            self.client_service.labels(label).inc(record.service)
+            self.client_requests.labels(label).inc()
+        if record.model_load:
+            self.model_loads.inc()
         if record.eval_count:
             self.generated_tokens.inc(record.eval_count)
+
+    def name_clients(self, names: frozenset[str]) -> None:
+        """The client names a tokens file gives (at start and on SIGHUP)."""
+        self._named = names
+
+    def client_label(self, client: str | None) -> str:
+        return client if client is not None and client in self._named else "anonymous"
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

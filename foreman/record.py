@@ -31,7 +31,9 @@ class RequestRecord:
     #: the target's eval_count and eval_duration, from a final chunk
     eval_count: int | None = None
     eval_duration: int | None = None
-    #: seconds the request held a slot at the target (queued routes)
+    #: when it was given its turn at the target (queued routes)
+    dispatched: float | None = None
+    #: seconds it held a slot at the target, from its turn to the end of its answer
     service: float | None = None
     #: it made the target load its model
     model_load: bool = False
@@ -42,6 +44,8 @@ class RequestRecord:
         """The answer is complete (or given up on) with `status`."""
         self.status = status
         self.finished = time.monotonic()
+        if self.dispatched is not None:
+            self.service = self.finished - self.dispatched
 
     @property
     def duration(self) -> float:

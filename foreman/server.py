@@ -53,6 +53,11 @@ def listening_urls(sockets: list[socket.socket]) -> list[str]:
     return urls
 
 
+def client_names(config: Config) -> frozenset[str]:
+    """The names tokens files give clients: the only client labels metrics use."""
+    return frozenset(fields.name for fields in config.token_fields if fields.name)
+
+
 class ListenError(OSError):
     """The listen address could not be bound; the message names the address."""
 
@@ -91,6 +96,7 @@ class Foreman:
         self.tokens = TokenSet(inbound_tokens(config), config.token_clients)
         self.admins = TokenSet(config.admin_tokens, config.token_clients)
         self.metrics = Metrics(self.queue, self.inventory)
+        self.metrics.name_clients(client_names(config))
         self.app = make_app(
             Services(
                 config, self.target, self.inventory, self.activity, self.queue,
@@ -137,6 +143,7 @@ class Foreman:
         named = fresh.token_clients
         self.tokens.replace(inbound_tokens(fresh), named)
         self.admins.replace(fresh.admin_tokens, named)
+        self.metrics.name_clients(client_names(fresh))
         log.info(
             "reload: %d client tokens, %d admin tokens, %d of them named or weighted",
             len(fresh.tokens),

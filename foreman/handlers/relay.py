@@ -86,7 +86,7 @@ class RelayHandler(BaseHandler):
                 record.queue_wait = ticket.waited
                 record.model_load = ticket.caused_load
                 self.note_queue_wait()
-                started = time.monotonic()
+                started = record.dispatched = time.monotonic()
                 unreachable = await self.relay(
                     method, path, body, retry_unreachable=True,
                     # Once a model it made the target load answers, ask what is
@@ -94,10 +94,10 @@ class RelayHandler(BaseHandler):
                     on_answer=self.services.inventory.refresh_resident if ticket.caused_load else None,
                 )
                 if unreachable is None:
-                    record.service = time.monotonic() - started
-                    queue.done(ticket, record.service)
+                    queue.done(ticket, time.monotonic() - started)
                     return
                 # Nothing reached a model: keep the place and wait the outage out.
+                record.dispatched = None
                 log.info("target unreachable; request from %s waits for it: %s", self.client_id, unreachable)
                 queue.unreachable(ticket, str(unreachable))
         finally:
