@@ -3,7 +3,11 @@
     python bench/queue_cost.py
 
 1. FairQueue alone: 100 clients push 20,000 requests through concurrency 1;
-   CPU time per admit + turn + done.
+   CPU time per admit + turn + done (tasks and all). Then the scheduler under
+   a standing queue: 100 clients with 1,000 and 10,000 requests waiting over
+   three models (affinity on), CPU per admit + dispatch + done with no task
+   around them: the figure issue 9 of 12 bounds at 50 µs, and the same at
+   both depths if nothing is linear in the number waiting.
 2. foreman as a real process in front of the stand-in (also a process): 1,000
    requests wait while the target holds one generation; foreman's RSS before
    and after, per waiting request. Then the same 1,000 go through a target
@@ -44,6 +48,28 @@ async def queue_alone(requests: int = 20_000, clients: int = 100) -> float:
     start = time.process_time()
     await asyncio.gather(*(one(f"c{rng.randrange(clients)}") for _ in range(requests)))
     return (time.process_time() - start) / requests
+
+
+async def standing_queue(waiting: int, clients: int = 100, rounds: int = 20_000) -> float:
+    """CPU seconds per admit + dispatch + done while `waiting` requests stand in line."""
+    rng = random.Random(2)
+    models = ("registry.ollama.ai/library/a:latest", "registry.ollama.ai/library/b:latest",
+              "registry.ollama.ai/library/c:latest")
+    resident = frozenset(models[:1])
+    queue = FairQueue(concurrency=1, max_queue=waiting + rounds + 10, timeout=3600,
+                      affinity=30.0, resident=lambda: resident)
+    granted = []
+    queue.on_dispatch(granted.append)
+    for _ in range(waiting + 1):
+        queue.admit(f"c{rng.randrange(clients)}", 1.0, rng.choice(models))
+    plan = [(f"c{rng.randrange(clients)}", rng.choice(models)) for _ in range(rounds)]
+    start = time.process_time()
+    for client, model in plan:
+        queue.admit(client, 1.0, model)
+        queue.done(granted[-1])  # the slot frees: the next one is picked
+    elapsed = time.process_time() - start
+    assert queue.waiting == waiting, queue.waiting
+    return elapsed / rounds
 
 
 async def post(port: int, body: dict) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -106,6 +132,10 @@ async def main(logdir: str) -> None:
     print(f"machine: {m.cpu}, {m.cores} cores, Python {m.python}")
     per_dispatch = await queue_alone()
     print(f"FairQueue alone: {per_dispatch * 1e6:.1f} µs CPU per admit+turn+done (20,000 requests, 100 clients)")
+    for waiting in (1_000, 10_000):
+        cost = await standing_queue(waiting)
+        print(f"FairQueue with {waiting:,} waiting (100 clients, 3 models, affinity on): "
+              f"{cost * 1e6:.1f} µs CPU per admit+dispatch+done")
     kib_per_waiter, wall_per_request, cpu_per_request = await through_foreman(logdir)
     print(f"foreman process: {kib_per_waiter:.1f} KiB RSS per waiting request (1,000 waiting)")
     print(
