@@ -151,6 +151,13 @@ class TargetClient:
         finally:
             watchdog.stop()
             upstream.detach()
+            # Tornado's connection objects can outlive the request in a
+            # reference cycle (a failed read keeps its traceback): the body
+            # and the callbacks into the client's handler must not live on
+            # with them.
+            request.body = b""
+            request.body_producer = request.streaming_callback = None
+            request.on_head = request.upstream = None
 
     def _authorize(self, headers: httputil.HTTPHeaders) -> None:
         if self._token:
