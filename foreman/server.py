@@ -17,6 +17,7 @@ from foreman.accept import Acceptor
 from foreman.activity import Activity
 from foreman.app import inbound_tokens, make_app
 from foreman.auth import FailedAuthLog, TokenSet
+from foreman.budget import MemoryBudget
 from foreman.config import Config, ConfigError
 from foreman.inventory import Inventory
 from foreman.metrics import Metrics
@@ -97,10 +98,11 @@ class Foreman:
         self.admins = TokenSet(config.admin_tokens, config.token_clients)
         self.metrics = Metrics(self.queue, self.inventory)
         self.metrics.name_clients(client_names(config))
+        self.memory = MemoryBudget(config.max_body_memory)
         self.app = make_app(
             Services(
                 config, self.target, self.inventory, self.activity, self.queue,
-                self.tokens, self.admins, self.metrics, FailedAuthLog(),
+                self.tokens, self.admins, self.metrics, FailedAuthLog(), self.memory,
             )
         )
         self.server = HTTPServer(

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from foreman.activity import Activity
 from foreman.auth import FailedAuthLog, TokenSet
+from foreman.budget import MemoryBudget
 from foreman.config import Config
 from foreman.inventory import Inventory
 from foreman.metrics import Metrics
@@ -26,3 +27,5 @@ class Services:
     admins: TokenSet
     metrics: Metrics
     auth_failures: FailedAuthLog
+    #: FOREMAN_MAX_BODY_MEMORY: what request bodies and held answers may take at once
+    memory: MemoryBudget

@@ -215,6 +215,14 @@ class Config:
         "answer (a model load can take minutes); then 504, or an error line "
         "in a stream that has begun.",
     )
+    max_body_memory: int = setting(
+        default="512MiB",
+        read=readers.size,
+        metavar="SIZE",
+        help="Most memory spent at once on request bodies and on JSON answers held "
+        "until complete, across all clients; a request that would need more gets "
+        "503 with Retry-After. Sizes like FOREMAN_MAX_BODY.",
+    )
 
     def __post_init__(self) -> None:
         # Each file is consistent on its own; a token or a name in both must

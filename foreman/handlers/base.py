@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Awaitable
 from typing import Any
 
@@ -12,6 +13,7 @@ from tornado import httputil
 
 from foreman.clients import Client, address_client
 from foreman.local_hosts import allowed_host, loopback_only
+from foreman.budget import Reservation
 from foreman.record import RequestRecord
 from foreman.services import Services
 from foreman.shown import shown
@@ -22,6 +24,10 @@ JSON = "application/json; charset=utf-8"
 RETRY_AFTER_UNREACHABLE = 5
 # For answers after which the connection cannot be trusted (or is going away).
 _CLOSE = {"Connection": "close"}
+# How long a client is told to wait when foreman's memory for bodies is taken.
+RETRY_AFTER_MEMORY = 1
+
+log = logging.getLogger("foreman.clients")
 
 
 def error_body(message: str) -> str:
@@ -58,6 +64,8 @@ class BaseHandler(tornado.web.RequestHandler):
     """
 
     requires_auth = True
+    #: the request body is gathered in memory (and counted against FOREMAN_MAX_BODY_MEMORY)
+    holds_body = True
 
     def initialize(self, services: Services, route: str) -> None:
         self.services = services
@@ -71,6 +79,9 @@ class BaseHandler(tornado.web.RequestHandler):
         self.answered = False
         self._counted = False
         self._body_parts: list[bytes] = []
+        self._body_size = 0
+        #: this request's share of FOREMAN_MAX_BODY_MEMORY: its body, and an answer held whole
+        self.memory = Reservation(services.memory)
 
     @property
     def client_id(self) -> str:
@@ -86,6 +97,10 @@ class BaseHandler(tornado.web.RequestHandler):
         return None
 
     async def prepare(self) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            # prepare() runs inside Tornado's task for the whole request.
+            task.add_done_callback(self._request_over)
         activity = self.services.activity
         activity.begin(self)
         self._counted = True
@@ -148,6 +163,13 @@ class BaseHandler(tornado.web.RequestHandler):
             # What the path carries may go on the wire to the target: only
             # what the route expects there does.
             self.fail(ForemanError(400, problem))
+            return
+        if self.holds_body and declared.isdigit() and int(declared) > 0:
+            # The whole declared body is counted at once: a client that sends
+            # it slowly holds that memory all the while.
+            refusal = self._memory_refusal(int(declared))
+            if refusal is not None:
+                self.fail(refusal)
 
     def path_problem(self) -> str | None:
         """Why this request's path may not reach the target, or None if it may."""
@@ -158,13 +180,41 @@ class BaseHandler(tornado.web.RequestHandler):
         """Why the path's variable parts (decoded) may not reach the target, or None if they may."""
         return None
 
+    def _memory_refusal(self, size: int) -> ForemanError | None:
+        """None once `size` bytes of body are reserved; else the answer to refuse it with."""
+        if self.memory.grow_to(size):
+            return None
+        limit = self.config.max_body_memory
+        if size > limit:
+            return ForemanError(
+                413,
+                f"request body is larger than the {limit} bytes foreman may hold for bodies "
+                "(FOREMAN_MAX_BODY_MEMORY)",
+                _CLOSE,
+            )
+        return ForemanError(
+            503,
+            "foreman is holding as many request bodies as it may (FOREMAN_MAX_BODY_MEMORY); "
+            "retry shortly",
+            {"Retry-After": str(RETRY_AFTER_MEMORY), **_CLOSE},
+        )
+
     def body_limit(self) -> int:
         """The largest request body this route takes."""
         return self.config.max_body
 
     def data_received(self, chunk: bytes) -> Awaitable[None] | None:
-        if not self.answered:  # a refused request's body is read and dropped
-            self._body_parts.append(chunk)
+        if self.answered:  # a refused request's body is read and dropped
+            return None
+        self._body_size += len(chunk)
+        if self._body_size > self.memory.size:
+            # A chunked body: counted as it comes (a declared one was counted whole).
+            refusal = self._memory_refusal(self._body_size)
+            if refusal is not None:
+                self._body_parts = []
+                self.fail(refusal)
+                return None
+        self._body_parts.append(chunk)
         return None
 
     @property
@@ -185,18 +235,66 @@ class BaseHandler(tornado.web.RequestHandler):
             self.answered = True
             # Tornado logs the request inside finish(): the record must be complete first.
             self.record.finish(self.get_status())
-        return super().finish(chunk)
+        written = super().finish(chunk)
+        if written.done():
+            self.memory.release()
+        else:
+            self._deliver_within_deadline(written)
+        return written
+
+    def _deliver_within_deadline(self, written: asyncio.Future[None]) -> None:
+        # A whole answer is handed to the connection at once (a JSON document
+        # of many megabytes, an error): a client that never reads it would
+        # keep it in memory for as long as it liked. Past FOREMAN_CLIENT_TIMEOUT
+        # it is dropped; what the answer held is counted until it is out.
+        connection = self.request.connection
+        timeout = self.config.client_timeout
+        client = self.client_id or self.request.remote_ip
+
+        def delivered(_: object = None) -> None:
+            timer.cancel()
+            self.memory.release()
+
+        def overdue() -> None:
+            log.warning("client %s took nothing of its answer for %gs; dropping it", client, timeout)
+            connection.close()  # type: ignore[union-attr]
+            # Closing the connection itself, Tornado forgets the write's future
+            # instead of failing it.
+            delivered()
+
+        timer = asyncio.get_running_loop().call_later(timeout, overdue)
+        written.add_done_callback(delivered)
 
     def on_connection_close(self) -> None:
-        # Fails Tornado's wait for the rest of a streamed body; without it a
-        # client leaving mid-body leaves its handler waiting forever.
-        super().on_connection_close()
+        if self.request is not None:  # None once the request is over (see _request_over)
+            # Fails Tornado's wait for the rest of a streamed body; without it a
+            # client leaving mid-body leaves its handler waiting forever.
+            super().on_connection_close()
         # Such a handler never finishes: stop counting it as in flight here.
         self._stop_counting()
+        # Nothing of a departed request is kept: its body goes at once.
+        self._body_parts = []
+        self.memory.release()
 
     def on_finish(self) -> None:
         self._stop_counting()
         self.services.metrics.observe(self.record)
+        # The answer is decided: the body has served its purpose.
+        self._body_parts = []
+
+    def _request_over(self, _: asyncio.Future[None]) -> None:
+        # Tornado's task for this request has ended. A handler whose client
+        # left before it answered is never finished, and Tornado leaves it in
+        # reference cycles: its template namespace points back at it, and the
+        # error that ended the wait for the body keeps the task's frame, and
+        # so the handler, its request and its body, alive. Only a full
+        # collection, which the collector rarely runs, would free them; with
+        # the links cut here, reference counting does.
+        self._body_parts = []
+        if not self.answered:
+            self.memory.release()
+        self.ui = None  # type: ignore[assignment]  # as Tornado's finish() does
+        self.request = None  # type: ignore[assignment]
 
     def _stop_counting(self) -> None:
         if self._counted:

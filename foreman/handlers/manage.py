@@ -67,6 +67,8 @@ class BlobHandler(ManageHandler):
     """`HEAD /api/blobs/{digest}` and `POST /api/blobs/{digest}`, the upload streamed through."""
 
     SUPPORTED_METHODS = ("HEAD", "POST")  # type: ignore[assignment]
+    # Passed through as it arrives, never gathered (nor counted in FOREMAN_MAX_BODY_MEMORY).
+    holds_body = False
 
     _upload: asyncio.Queue[bytes | None] | None = None
     _sending: asyncio.Future[None] | None = None

@@ -6,25 +6,34 @@ target does not have, is answered before it queues or reaches the target.
 
 from __future__ import annotations
 
-import json
+from collections.abc import Mapping
 
+from foreman import json_fields
 from foreman.handlers.base import RETRY_AFTER_UNREACHABLE, ForemanError
 from foreman.handlers.relay import RelayHandler
 from foreman.names import canonical
 from foreman.shown import shown
 
 
-def json_object(body: bytes) -> dict[str, object]:
-    """The request body as a JSON object, or a 400 saying what is wrong with it."""
-    if not body.strip():
-        raise ForemanError(400, "request body is empty; expected a JSON object")
+def _refusal(error: json_fields.BodyError) -> ForemanError:
+    """The 400 for a body that is not a JSON object."""
+    if isinstance(error, json_fields.EmptyBody):
+        return ForemanError(400, "request body is empty; expected a JSON object")
+    if isinstance(error, json_fields.NotAnObject):
+        return ForemanError(400, "request body must be a JSON object")
+    return ForemanError(400, f"request body is not valid JSON: {error}")
+
+
+async def body_fields(body: bytes, fields: tuple[str, ...]) -> Mapping[str, object]:
+    """The top-level `fields` of a JSON object body, or a 400 saying what is wrong with it.
+
+    A large body is walked, not parsed, and other clients are served meanwhile
+    (foreman.json_fields).
+    """
     try:
-        document = json.loads(body)
-    except (ValueError, RecursionError) as e:
-        raise ForemanError(400, f"request body is not valid JSON: {e}") from None
-    if not isinstance(document, dict):
-        raise ForemanError(400, "request body must be a JSON object")
-    return document
+        return await json_fields.top_level_fields(body, fields)
+    except json_fields.BodyError as e:
+        raise _refusal(e) from None
 
 
 class ModelRouteHandler(RelayHandler):
@@ -37,9 +46,11 @@ class ModelRouteHandler(RelayHandler):
 
     async def post(self) -> None:
         try:
-            await self.check_model(json_object(self.body))
+            await self.check_model(await body_fields(self.body, self.model_fields))
         except ForemanError as e:
             self.fail(e)
+            return
+        if self._client_gone:  # left while its body was being checked
             return
         if self.queued:
             model = canonical(self.record.model) if self.record.model else None
@@ -47,8 +58,13 @@ class ModelRouteHandler(RelayHandler):
         else:
             await self.relay("POST", self.target_path, self.body)
 
-    async def check_model(self, document: dict[str, object]) -> None:
-        model = next((document[f] for f in self.model_fields if document.get(f)), None)
+    async def check_model(self, fields: Mapping[str, object]) -> None:
+        """Answers 400, 404 or 503 unless `fields` name a model the target has.
+
+        A field's value is a string, or any other JSON value (a large body's
+        walk gives only the truthiness of those; that is all that matters here).
+        """
+        model = next((fields[f] for f in self.model_fields if fields.get(f)), None)
         if not isinstance(model, str) or not model.strip():
             raise ForemanError(400, "model is required")
         self.record.model = model
@@ -73,4 +89,3 @@ def model_route(path: str, *, queued: bool = True, fields: tuple[str, ...] = ("m
         (ModelRouteHandler,),
         {"target_path": path, "queued": queued, "model_fields": fields},
     )
-

@@ -53,6 +53,8 @@ class RelayHandler(BaseHandler):
             self._upstream.close()
 
     def _connection_closed(self) -> bool:
+        if self.request is None:  # the request is over (BaseHandler._request_over)
+            return True
         # A failed flush can be seen before on_connection_close has run.
         stream = getattr(self.request.connection, "stream", None)
         return stream is not None and stream.closed()
@@ -158,11 +160,16 @@ class RelayHandler(BaseHandler):
                 queue.reachable()
             self.answer_failure(e, sink, method, path)
             return None
+        else:
+            if not self._client_gone:
+                await sink.finish()
+            return None
         finally:
             self._upstream = None
-        if not self._client_gone:
-            sink.finish()
-        return None
+            # Tornado's client may keep the sink in reference cycles of its
+            # own (a failed connection's traceback): it must not keep the
+            # handler, the client's connection or held bytes alive with it.
+            sink.detach()
 
     def answer_failure(
         self, error: TargetError, sink: ClientSink, method: str, path: str, status: int = 502

@@ -4,7 +4,9 @@ Each chunk goes out the moment it comes, and the flush is awaited, so a slow
 reader slows the target instead of filling foreman's memory; a reader that
 takes nothing for FOREMAN_CLIENT_TIMEOUT is dropped. A single JSON document
 is held until complete, so a target that breaks off mid-document can still
-be answered with a clean 502.
+be answered with a clean 502; what is held counts against
+FOREMAN_MAX_BODY_MEMORY, and goes out a piece at a time under the same
+deadline.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ log = logging.getLogger("foreman.relay")
 _WHOLE_DOCUMENT_TYPES = frozenset({"application/json"})
 # Larger whole documents than this are relayed as they come instead.
 _MAX_HELD_DOCUMENT = 64 << 20
+# A held document larger than this is written a piece of this size at a time.
+_PIECE = 1 << 20
 # Enough of the end of an answer to hold its final chunk's statistics.
 _TAIL = 2048
 _EVAL_COUNT = re.compile(rb'"eval_count":\s*(\d+)')
@@ -47,6 +51,7 @@ class ClientSink:
         assert connection is not None
         self._connection = connection
         self._on_start = on_start
+        self._memory = handler.memory
         self._held: list[bytes] | None = None
         self._held_size = 0
         #: whether any byte has gone out to the client
@@ -84,9 +89,14 @@ class ClientSink:
 
     def write(self, chunk: bytes) -> Awaitable[None] | None:
         if self._held is not None:
+            if self.not_ollama:
+                return None  # answered with a 502, never passed on: nothing to keep
             self._held.append(chunk)
             self._held_size += len(chunk)
-            if self._held_size <= _MAX_HELD_DOCUMENT:
+            # A held document counts against FOREMAN_MAX_BODY_MEMORY until it
+            # is written; past that, or past the size worth holding, it is
+            # passed on as it comes, at the client's pace.
+            if self._held_size <= _MAX_HELD_DOCUMENT and self._memory.grow_by(len(chunk)):
                 return None
             chunk, self._held = b"".join(self._held), None
         self.at_line_start = chunk.endswith(b"\n")
@@ -109,23 +119,29 @@ class ClientSink:
         # streaming callback raises as an uncaught exception, traceback and all.
         return None
 
-    async def _within_deadline(self, written: asyncio.Future[None]) -> None:
+    async def _within_deadline(self, written: asyncio.Future[None]) -> bool:
+        """Whether the client took `written` in time; if not, it is dropped."""
         # The client is not taking what it asked for. Waiting slows the target
         # (backpressure), but not forever: past the deadline the client is
         # dropped, which closes the target request too.
+        # (What is needed is taken now: the relay may end, and detach this
+        # sink, while the write is pending.)
+        timeout, client = self._handler.config.client_timeout, self._handler.client_id
+        connection, lose_client = self._connection, self._lose_client
         try:
-            await asyncio.wait_for(asyncio.shield(written), self._handler.config.client_timeout)
+            await asyncio.wait_for(asyncio.shield(written), timeout)
         except TimeoutError:
-            log.warning(
-                "client %s took nothing for %gs; dropping it",
-                self._handler.client_id, self._handler.config.client_timeout,
-            )
-            self._connection.close()  # type: ignore[attr-defined]
-            self._lose_client()
+            log.warning("client %s took nothing for %gs; dropping it", client, timeout)
+            connection.close()  # type: ignore[attr-defined]
+            lose_client()
+            return False
         except StreamClosedError:
-            self._lose_client()
+            lose_client()
+            return False
+        return True
 
-    def finish(self) -> None:
+    async def finish(self) -> None:
+        """The target's answer is complete: pass on what is held, then end the response."""
         handler = self._handler
         if self.not_ollama:
             handler.fail(
@@ -136,11 +152,8 @@ class ClientSink:
                 )
             )
             return
-        if self._held:
-            document = b"".join(self._held)
-            self.sent_bytes += len(document)
-            self._before_last, self._last = b"", document
-            handler.write(document)
+        if self._held and not await self._pass_on_held():
+            return
         record = self._record
         record.relayed_bytes = self.sent_bytes
         # Only a final chunk carries these; read them without parsing JSON.
@@ -151,3 +164,45 @@ class ClientSink:
         if duration:
             record.eval_duration = int(duration.group(1))
         handler.finish()
+
+    async def _pass_on_held(self) -> bool:
+        """Write the held document; False if the client was dropped meanwhile."""
+        handler = self._handler
+        parts, self._held = self._held or [], None
+        self.sent_bytes += self._held_size
+        self._before_last, self._last = (parts[-2] if len(parts) > 1 else b""), parts[-1]
+        if self._held_size <= _PIECE:
+            handler.write(b"".join(parts))  # finish() writes it, within its own deadline
+            return True
+        # A large document goes out a piece at a time, each within
+        # FOREMAN_CLIENT_TIMEOUT, as a stream does: a slow reader that keeps
+        # reading is served, one that stops is dropped. Its length is known,
+        # so it is framed as if written at once.
+        handler.set_header("Content-Length", str(self._held_size))
+        parts.reverse()
+        while parts:
+            piece = 0
+            while parts and piece < _PIECE:
+                part = parts.pop()
+                piece += len(part)
+                handler.write(part)
+            written = handler.flush()
+            if not written.done():
+                if not await self._within_deadline(written):
+                    return False
+            elif written.exception() is not None:
+                self._lose_client()
+                return False
+        return True
+
+    def detach(self) -> None:
+        """The relay is over: let go of the handler, its client's connection and any held bytes.
+
+        Tornado's client can keep this sink (its streaming callback) in a
+        reference cycle after a failed request; nothing of the client's may
+        stay alive with it.
+        """
+        self._held = None
+        self._before_last = self._last = b""
+        self._handler = self._record = self._connection = None  # type: ignore[assignment]
+        self._lose_client = self._on_start = self._memory = None  # type: ignore[assignment]

@@ -174,6 +174,13 @@ class TargetClient:
         finally:
             watchdog.stop()
             upstream.detach()
+            # Tornado's connection objects can outlive the request in a
+            # reference cycle (a failed read keeps its traceback): the body
+            # and the callbacks into the client's handler must not live on
+            # with them.
+            request.body = b""
+            request.body_producer = request.streaming_callback = None
+            request.on_head = request.upstream = None
         if upstream.refused is not None:
             # Refused (an invalid status) after Tornado had read the whole
             # answer anyway; none of it went to the sink.
