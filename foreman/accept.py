@@ -15,6 +15,7 @@ import errno
 import logging
 import resource
 import socket
+from typing import Any
 import time
 from collections.abc import Callable
 
@@ -109,7 +110,7 @@ class Acceptor:
             self._hand_over(connection, address)
         self._resumed()
 
-    def _hand_over(self, connection: socket.socket, address: object) -> None:
+    def _hand_over(self, connection: socket.socket, address: tuple[Any, ...]) -> None:
         try:
             stream = IOStream(
                 connection,

@@ -24,7 +24,7 @@ from foreman.metrics import Metrics
 from foreman.notify import notify
 from foreman.services import Services
 from foreman.target import TargetClient
-from foreman.queue import FairQueue
+from foreman.queue import FairQueue, Ticket
 
 log = logging.getLogger("foreman.server")
 
@@ -91,7 +91,11 @@ class Foreman:
             resident=resident.current,
         )
         # What foreman sends the target is what it holds next.
-        self.queue.on_dispatch(lambda ticket: ticket.model and resident.dispatched(ticket.model))
+        def note_dispatch(ticket: Ticket) -> None:
+            if ticket.model is not None:
+                resident.dispatched(ticket.model)
+
+        self.queue.on_dispatch(note_dispatch)
         # A good poll proves the target is back: resume a paused queue at once.
         self.inventory.on_success(self.queue.reachable)
         self.tokens = TokenSet(inbound_tokens(config), config.token_clients)

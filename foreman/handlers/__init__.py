@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from foreman.handlers import generation, health, manage, metrics, models, openai, server_info
-from foreman.handlers.base import NotFoundHandler
+from foreman.handlers.base import BaseHandler, NotFoundHandler
 
-routes = [
+routes: list[tuple[str, type[BaseHandler]]] = [
     *health.routes,
     *metrics.routes,
     *server_info.routes,

@@ -87,7 +87,7 @@ class ClientSink:
             self.not_ollama = True
             self._held = []
 
-    def write(self, chunk: bytes) -> Awaitable[None] | None:
+    def write(self, chunk: bytes) -> Awaitable[object] | None:
         if self._held is not None:
             if self.not_ollama:
                 return None  # answered with a 502, never passed on: nothing to keep

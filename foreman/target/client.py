@@ -152,7 +152,8 @@ class TargetClient:
             follow_redirects=False,
             decompress_response=False,
             allow_nonstandard_methods=True,
-            streaming_callback=sink.write,
+            # Tornado awaits what the callback returns before the next chunk.
+            streaming_callback=cast(Any, sink.write),
         )
         request.upstream = upstream
         request.on_head = on_head

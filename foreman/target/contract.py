@@ -41,7 +41,7 @@ class Sink(Protocol):
     def start(self, status: int, reason: str, headers: list[tuple[str, str]]) -> None:
         """Called once, with the target's status line and end-to-end headers, before any body."""
 
-    def write(self, chunk: bytes) -> Awaitable[None] | None:
+    def write(self, chunk: bytes) -> Awaitable[object] | None:
         """Called per body chunk; the next chunk is not read until a returned awaitable resolves."""
 
 
