@@ -11,6 +11,7 @@ from foreman.inventory import Inventory
 from foreman.metrics import Metrics
 from foreman.queue import FairQueue
 from foreman.target import Target
+from foreman.wake import Waker
 
 
 @dataclass
@@ -26,3 +27,5 @@ class Services:
     admins: TokenSet
     metrics: Metrics
     auth_failures: FailedAuthLog
+    #: sends magic packets while requests wait for the target; None without FOREMAN_WAKE_MAC
+    waker: Waker | None = None
