@@ -1,4 +1,4 @@
-"""The `foreman` command: serve (the default), stub, demo."""
+"""The `foreman` command: serve (the default), stub, demo, wake."""
 
 from __future__ import annotations
 
@@ -12,13 +12,15 @@ from typing import NoReturn
 
 from foreman import __version__, config, logs
 
-COMMANDS = ("serve", "stub", "demo")
+COMMANDS = ("serve", "stub", "demo", "wake")
 
 _EPILOG = """\
 commands:
   serve   run foreman in front of FOREMAN_OLLAMA_URL (the default)
   stub    run the stand-in Ollama (deterministic; for trying clients without a real Ollama)
   demo    run the stand-in and foreman in front of it, and print a curl line to try
+  wake    send one Wake-on-LAN packet for FOREMAN_WAKE_MAC to FOREMAN_WAKE_ADDRESS
+          (to check that the Ollama machine wakes for it)
 
 Every flag can also be given as its FOREMAN_* environment variable; a flag wins.
 """
@@ -65,6 +67,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             _run_stub(args)
         elif command == "demo":
             _run_demo(args)
+        elif command == "wake":
+            _run_wake(args)
         else:
             _run_serve(args)
     except KeyboardInterrupt:
@@ -118,6 +122,33 @@ def _run_demo(args: list[str]) -> None:
     settings = _load(parser, args, environ)
     logs.configure(settings.log_format, settings.log_level)
     _run(run_demo(settings))
+
+
+def _run_wake(args: list[str]) -> None:
+    from foreman.wake import send_packet, shown_address
+
+    parser = _OneLineErrors(
+        prog="foreman wake",
+        description="Send one Wake-on-LAN magic packet for the Ollama machine (FOREMAN_WAKE_MAC) "
+        "to FOREMAN_WAKE_ADDRESS, as foreman does while requests wait for it asleep, "
+        "and say where it went. Takes every setting serve takes; only those two matter.",
+    )
+    config.add_arguments(parser)
+    settings = _load(parser, args)
+    if settings.wake_mac is None:
+        print(
+            "foreman wake: FOREMAN_WAKE_MAC is not set; give the Ollama machine's Ethernet "
+            "address, e.g. FOREMAN_WAKE_MAC=a4:83:e7:12:34:56 or --wake-mac a4:83:e7:12:34:56",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
+    where = shown_address(settings.wake_address)
+    try:
+        send_packet(settings.wake_mac, settings.wake_address)
+    except OSError as e:
+        print(f"foreman wake: could not send to {where}: {e.strerror or e}", file=sys.stderr)
+        raise SystemExit(1) from None
+    print(f"sent a wake packet for {settings.wake_mac} to {where} (UDP)")
 
 
 def _run(coroutine: object) -> None:

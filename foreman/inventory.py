@@ -29,6 +29,11 @@ log = logging.getLogger("foreman.inventory")
 
 # Seconds after a poll ends during which a miss is answered from it.
 MISS_REPOLL_FLOOR = 1.0
+# A poll's deadline, connecting included. Ollama lists its models in
+# milliseconds; a target gone dark (asleep, off the network) must show in
+# /healthz within seconds, even when the poll went out on a pooled
+# connection that died with it.
+POLL_TIMEOUT = 5.0
 
 
 class Inventory:
@@ -111,7 +116,7 @@ class Inventory:
 
     async def _poll_once(self) -> bool:
         try:
-            response = await self._target.fetch("/api/tags")
+            response = await self._target.fetch("/api/tags", timeout=POLL_TIMEOUT)
             names = _model_names(response.json())
         except TargetStatusError as e:
             # What the target said goes to the log only: /healthz shows last_error

@@ -80,6 +80,11 @@ class Metrics:
             "(as far as foreman knew): model loads it caused.",
             registry=self.registry,
         )
+        self.wake_packets = Counter(
+            "foreman_wake_packets",
+            "Wake-on-LAN magic packets sent while requests waited for an unreachable target.",
+            registry=self.registry,
+        )
         gauges = {
             "foreman_queue_waiting": ("Requests waiting for a turn.", lambda: queue.waiting),
             "foreman_queue_in_flight": ("Requests at the target now.", lambda: queue.in_flight),

@@ -14,6 +14,10 @@ the target cannot be reached goes back to the head of its client's line,
 dispatch pauses, and one request at a time probes the target with capped
 exponential backoff; any answer from the target (or a good poll) resumes
 dispatch at once. A request fails only when its own wait runs past `timeout`.
+A failure of an attempt that began before the target last proved reachable
+says nothing about now (a connection that died while the target slept, found
+out after it woke): the request goes back to its place without pausing.
+Listeners hear when dispatch pauses and resumes (waking the target).
 """
 
 from __future__ import annotations
@@ -50,7 +54,12 @@ class ClientQueueFull(QueueError):
 
 
 class QueueTimeout(QueueError):
-    pass
+    """The request's wait ran past the queue's timeout."""
+
+    def __init__(self, message: str, retry_after: int, target_unreachable: bool = False) -> None:
+        super().__init__(message, retry_after)
+        #: it was waiting for an unreachable target, not for a busy one
+        self.target_unreachable = target_unreachable
 
 
 class QueueClosed(QueueError):
@@ -113,6 +122,8 @@ class FairQueue:
         self._holding: set[Ticket] = set()
         self._on_dispatch: list[Callable[[Ticket], None]] = []
         self._on_release: list[Callable[[Ticket, float], None]] = []
+        self._on_pause: list[Callable[[], None]] = []
+        self._on_resume: list[Callable[[bool], None]] = []
         self.closed = False
         # Set while the target is unreachable: no new turns but probes.
         self.paused = False
@@ -121,6 +132,9 @@ class FairQueue:
         self._backoff = 0.0
         self._probe_timer: asyncio.TimerHandle | None = None
         self._probe: Ticket | None = None
+        # clock() when the target last proved reachable: failures of attempts
+        # begun before then are stale.
+        self._reachable_at = -math.inf
         self._service_times: deque[float] = deque(maxlen=_SERVICE_SAMPLES)
         #: dispatches of a request whose model the target did not hold
         self.model_loads = 0
@@ -132,6 +146,11 @@ class FairQueue:
     @property
     def in_flight(self) -> int:
         return len(self._holding)
+
+    @property
+    def stalled(self) -> bool:
+        """Dispatch is paused for an unreachable target and requests wait for it (or one probes it)."""
+        return self.paused and (self.waiting > 0 or self._probe is not None)
 
     @property
     def scheduler(self) -> FairScheduler[Ticket]:
@@ -153,6 +172,15 @@ class FairQueue:
     def on_release(self, listener: Callable[[Ticket, float], None]) -> None:
         """Call `listener` with each ticket that gave its slot back, and its service seconds."""
         self._on_release.append(listener)
+
+    def on_pause(self, listener: Callable[[], None]) -> None:
+        """Call `listener` when dispatch pauses because the target is unreachable."""
+        self._on_pause.append(listener)
+
+    def on_resume(self, listener: Callable[[bool], None]) -> None:
+        """Call `listener` when a pause ends: with True when the target answered,
+        False when nothing waits for it any more or foreman shuts down."""
+        self._on_resume.append(listener)
 
     # --- a request's life --------------------------------------------------
 
@@ -217,8 +245,8 @@ class FairQueue:
 
     def unreachable(self, ticket: Ticket, error: str) -> None:
         """The target could not be reached for `ticket`: back to the head of its client's line."""
-        self.last_error = error
         failed_probe = ticket is self._probe
+        stale = ticket.dispatched is not None and ticket.dispatched < self._reachable_at
         if ticket in self._holding:
             self._holding.discard(ticket)
             if failed_probe:
@@ -234,20 +262,26 @@ class FairQueue:
                 return
             self._scheduler.retry(ticket)
             self._arm_deadline(ticket)
+        if stale and not self.paused:
+            # Sent before the target last answered: it is back, try again now.
+            self._dispatch()
+            return
+        self.last_error = error
         if not self.paused or failed_probe:
-            self.paused = True
             self._backoff = min(MAX_BACKOFF, self._backoff * 2 or FIRST_BACKOFF)
+            self._set_paused(True)
         self._schedule_probe()
 
     def reachable(self) -> None:
         """The target answered: resume dispatch at once."""
         self._backoff = 0.0
         self.last_error = None
+        self._reachable_at = self._clock()
         if self._probe_timer is not None:
             self._probe_timer.cancel()
             self._probe_timer = None
         if self.paused:
-            self.paused = False
+            self._set_paused(False, reachable=True)
             self._dispatch()
 
     def close(self) -> None:
@@ -256,6 +290,8 @@ class FairQueue:
         if self._probe_timer is not None:
             self._probe_timer.cancel()
             self._probe_timer = None
+        if self.paused:
+            self._set_paused(False)
         for ticket in self._scheduler.drain():
             self._disarm_deadline(ticket)
             ticket.granted.set_exception(_shutting_down())
@@ -272,6 +308,15 @@ class FairQueue:
         return max(1, math.ceil(mean * turns / self.concurrency))
 
     # --- bookkeeping -------------------------------------------------------
+
+    def _set_paused(self, paused: bool, reachable: bool = False) -> None:
+        self.paused = paused
+        if paused:
+            for listener in self._on_pause:
+                listener()
+        else:
+            for resumed in self._on_resume:
+                resumed(reachable)
 
     def _free_slot(self) -> bool:
         return not self.paused and not self.waiting and self.in_flight < self.concurrency
@@ -336,7 +381,7 @@ class FairQueue:
             return
         if not self.waiting:
             # Nothing waits: the next request tries the target itself.
-            self.paused = False
+            self._set_paused(False)
         elif self.in_flight < self.concurrency:
             self._probe = self._grant_next()
         # else: every slot is busy; the next release plans the probe.
@@ -347,12 +392,14 @@ class FairQueue:
             return
         waited = _duration(self.timeout)
         if self.paused and self.last_error:
-            message = f"gave up after waiting {waited} for the target: {self.last_error}"
-            retry_after = max(1, math.ceil(self._backoff))
+            message = (
+                f"gave up after waiting {waited} for the target, which is unreachable: {self.last_error}"
+            )
+            error = QueueTimeout(message, max(1, math.ceil(self._backoff)), target_unreachable=True)
         else:
             message = f"gave up after waiting {waited} for a turn; the target is busy"
-            retry_after = self.retry_after()
-        ticket.granted.set_exception(QueueTimeout(message, retry_after))
+            error = QueueTimeout(message, self.retry_after())
+        ticket.granted.set_exception(error)
 
 
 def _shutting_down() -> QueueClosed:

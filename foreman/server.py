@@ -25,6 +25,7 @@ from foreman.notify import notify
 from foreman.services import Services
 from foreman.target import TargetClient
 from foreman.queue import FairQueue, Ticket
+from foreman.wake import Waker
 
 log = logging.getLogger("foreman.server")
 
@@ -98,15 +99,25 @@ class Foreman:
         self.queue.on_dispatch(note_dispatch)
         # A good poll proves the target is back: resume a paused queue at once.
         self.inventory.on_success(self.queue.reachable)
+        self.waker: Waker | None = None
+        if config.wake_mac is not None:
+            queue = self.queue
+            waker = self.waker = Waker(config.wake_mac, config.wake_address, needed=lambda: queue.stalled)
+            # Requests wait for an unreachable target: wake it, until it answers.
+            queue.on_pause(waker.start)
+            queue.on_resume(lambda reachable: waker.stop(outage_over=reachable))
         self.tokens = TokenSet(inbound_tokens(config), config.token_clients)
         self.admins = TokenSet(config.admin_tokens, config.token_clients)
         self.metrics = Metrics(self.queue, self.inventory)
         self.metrics.name_clients(client_names(config))
         self.memory = MemoryBudget(config.max_body_memory)
+        if self.waker is not None:
+            self.waker.on_sent(self.metrics.wake_packets.inc)
         self.app = make_app(
             Services(
                 config, self.target, self.inventory, self.activity, self.queue,
                 self.tokens, self.admins, self.metrics, FailedAuthLog(), self.memory,
+                self.waker,
             )
         )
         self.server = HTTPServer(
@@ -175,6 +186,8 @@ class Foreman:
             await self.activity.wait_idle(_STRAGGLER_GRACE)
         await self.server.close_all_connections()
         self.target.close()
+        if self.waker is not None:
+            self.waker.close()
 
 
 async def serve(

@@ -12,6 +12,7 @@ from foreman.inventory import Inventory
 from foreman.metrics import Metrics
 from foreman.queue import FairQueue
 from foreman.target import Target
+from foreman.wake import Waker
 
 
 @dataclass
@@ -29,3 +30,5 @@ class Services:
     auth_failures: FailedAuthLog
     #: FOREMAN_MAX_BODY_MEMORY: what request bodies and held answers may take at once
     memory: MemoryBudget
+    #: sends magic packets while requests wait for the target; None without FOREMAN_WAKE_MAC
+    waker: Waker | None = None

@@ -34,6 +34,8 @@ ALL_VARIABLES = [
     "FOREMAN_CLIENT_TIMEOUT",
     "FOREMAN_TARGET_IDLE_TIMEOUT",
     "FOREMAN_MAX_BODY_MEMORY",
+    "FOREMAN_WAKE_MAC",
+    "FOREMAN_WAKE_ADDRESS",
 ]
 
 
@@ -825,6 +827,64 @@ def test_bad_queue_settings_name_the_variable(variable, value):
     message = error_for({variable: value})
     assert message.startswith(f"{variable}={value!r} ")
     assert "\n" not in message
+
+
+def test_wake_settings_default_off_and_to_the_broadcast_address():
+    defaults = load({})
+    assert defaults.wake_mac is None
+    assert defaults.wake_address == ("255.255.255.255", 9)
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("a4:83:e7:12:34:56", "a4:83:e7:12:34:56"),
+        ("A4:83:E7:12:34:56", "a4:83:e7:12:34:56"),
+        ("a4-83-e7-12-34-56", "a4:83:e7:12:34:56"),
+        (" 00:1b:63:aa:bb:0c ", "00:1b:63:aa:bb:0c"),
+    ],
+)
+def test_wake_mac_forms(text, expected):
+    assert load({"FOREMAN_WAKE_MAC": text}).wake_mac == expected
+    assert load({}, flags("--wake-mac", text)).wake_mac == expected
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("192.168.1.255:9", ("192.168.1.255", 9)),
+        ("127.0.0.1:40000", ("127.0.0.1", 40000)),
+        ("[ff02::1]:9", ("ff02::1", 9)),
+    ],
+)
+def test_wake_address_forms(text, expected):
+    assert load({"FOREMAN_WAKE_ADDRESS": text}).wake_address == expected
+
+
+@pytest.mark.parametrize(
+    "variable, value",
+    [
+        ("FOREMAN_WAKE_MAC", "a4:83:e7:12:34"),
+        ("FOREMAN_WAKE_MAC", "a4:83:e7:12:34:56:78"),
+        ("FOREMAN_WAKE_MAC", "a4:83-e7:12:34:56"),  # one separator, not a mix
+        ("FOREMAN_WAKE_MAC", "a483e7123456"),
+        ("FOREMAN_WAKE_MAC", "a4.83.e7.12.34.56"),
+        ("FOREMAN_WAKE_MAC", "g4:83:e7:12:34:56"),
+        ("FOREMAN_WAKE_MAC", "ff:ff:ff:ff:ff:ff"),  # broadcast: no machine's own
+        ("FOREMAN_WAKE_MAC", "01:00:5e:00:00:01"),  # multicast
+        ("FOREMAN_WAKE_MAC", "00:00:00:00:00:00"),
+        ("FOREMAN_WAKE_MAC", "a4:83:e7:12:34:56\nx"),
+        ("FOREMAN_WAKE_ADDRESS", "255.255.255.255"),
+        ("FOREMAN_WAKE_ADDRESS", "mac.local:9"),  # never a name to look up
+        ("FOREMAN_WAKE_ADDRESS", "192.168.1.255:0"),
+        ("FOREMAN_WAKE_ADDRESS", "192.168.1.255:65536"),
+        ("FOREMAN_WAKE_ADDRESS", "ff02::1:9"),
+    ],
+)
+def test_bad_wake_settings_are_one_line_naming_the_variable(variable, value):
+    message = error_for({variable: value})
+    assert message.startswith(f"{variable}={value!r} ")
+    assert "\n" not in message and "; use " in message
 
 
 def test_admin_tokens_parsed_and_hidden():

@@ -164,3 +164,23 @@ async def test_periodic_poll_and_on_demand_poll_never_overlap(start_foreman, stu
     assert stub.tags_polls == polls + 1
     stub.tags_hold.set()
     assert (await miss).code == 404
+
+
+async def test_a_poll_the_target_never_answers_gives_up_after_the_poll_timeout(
+    start_foreman, stub, monkeypatch
+) -> None:
+    # A target gone dark must show in /healthz within seconds, not after the
+    # 30 s that other metadata requests get (scaled down here from 5 s).
+    from foreman import inventory as inventory_module
+
+    assert inventory_module.POLL_TIMEOUT <= 5
+    monkeypatch.setattr(inventory_module, "POLL_TIMEOUT", 0.5)
+    front = start_foreman()
+    await front.ready()
+    stub.tags_hold = asyncio.Event()  # connected, and then silence
+    started = asyncio.get_running_loop().time()
+    assert await asyncio.wait_for(front.inventory.refresh(), 5) is False
+    assert asyncio.get_running_loop().time() - started < 3
+    assert front.inventory.degraded
+    assert "did not answer in time" in front.inventory.last_error
+    stub.tags_hold.set()

@@ -352,3 +352,38 @@ async def test_queue_resumes_when_the_target_starts_answering_not_when_it_finish
     gate.set()
     assert (await probing).code == 200
     assert (await second).code == 200
+
+
+async def test_target_resetting_connections_is_waited_out_until_it_answers(start_foreman, stub) -> None:
+    """A request whose connection is reset before any byte of an answer keeps its
+    place and is answered once the target answers again, not failed."""
+    import socket
+    import struct
+
+    tags = (await start_foreman().client().fetch(stub.url + "/api/tags")).body
+    answer = json.dumps({"model": MODEL, "message": {"role": "assistant", "content": "hello"}, "done": True}).encode()
+    chats: list[str] = []
+
+    async def reset_twice(head: bytes, writer: asyncio.StreamWriter) -> None:
+        if b"/api/tags" in head:
+            body = tags
+        else:
+            chats.append("reset" if len(chats) < 2 else "answered")
+            if chats[-1] == "reset":
+                sock = writer.get_extra_info("socket")
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = RST
+                return
+            body = answer
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                     % (len(body), body))
+        await writer.drain()
+
+    server, url = await serve_raw(reset_twice)
+    front = start_foreman(url, FOREMAN_QUEUE_TIMEOUT="1m")
+    await front.ready()
+    response = await front.fetch("/api/chat", method="POST", body=chat_body(stream=False))
+    assert response.code == 200, response.body
+    assert json.loads(response.body)["message"]["content"] == "hello"
+    assert chats == ["reset", "reset", "answered"]
+    assert not front.foreman.queue.paused
+    server.close()

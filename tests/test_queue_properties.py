@@ -734,3 +734,61 @@ async def test_a_request_requeued_after_close_is_answered_at_once(io_loop) -> No
         await q.turn(a)  # was QueueTimeout after 0.5 s before the fix
     assert loop.time() - started < 0.25
     assert q.waiting == 0
+
+
+# --- a target that slept: stale failures, pause and resume ------------------------------------
+
+
+async def test_a_failure_begun_before_the_target_answered_does_not_pause(io_loop) -> None:
+    # a went out on a pooled connection that died while the target slept; the
+    # kernel says so only after b, sent later, has been answered.
+    q = FairQueue(concurrency=2, max_queue=10, timeout=60)
+    a = q.admit("a")
+    await q.turn(a)
+    await asyncio.sleep(0.01)
+    b = q.admit("b")
+    await q.turn(b)
+    q.reachable()  # b's answer began
+    q.unreachable(a, "the connection went dead")
+    assert not q.paused and q.last_error is None
+    assert granted(a) and q.in_flight == 2, "tried again at once, keeping its place"
+    # A failure of an attempt begun after that proof pauses as before.
+    q.unreachable(a, "cannot connect")
+    assert q.paused and q.last_error == "cannot connect"
+    q.reachable()
+    for t in (a, b):
+        q.done(t)
+
+
+async def test_listeners_hear_pause_and_resume_and_why(io_loop, monkeypatch) -> None:
+    monkeypatch.setattr(queue_module, "FIRST_BACKOFF", 0.05)
+    q = FairQueue(concurrency=1, max_queue=10, timeout=60)
+    heard: list[str] = []
+    q.on_pause(lambda: heard.append("pause"))
+    q.on_resume(lambda reachable: heard.append("back" if reachable else "idle"))
+    a = q.admit("a")
+    await q.turn(a)
+    assert not q.stalled
+    q.unreachable(a, "boom")
+    assert heard == ["pause"] and q.stalled
+    await until(lambda: granted(a), timeout=2)  # the probe
+    assert q.stalled, "a probe at the target still waits for it"
+    q.reachable()
+    assert heard == ["pause", "back"] and not q.stalled
+    q.done(a)
+    # Nothing waits when the next probe is due: the pause ends without the target.
+    c = q.admit("c")
+    await q.turn(c)
+    q.unreachable(c, "boom")
+    q.leave(c)
+    await until(lambda: not q.paused, timeout=2)
+    assert heard == ["pause", "back", "pause", "idle"]
+    # Shutdown ends a pause too.
+    b = q.admit("b")
+    await q.turn(b)
+    q.unreachable(b, "boom")
+    waiting = asyncio.ensure_future(q.turn(b))
+    q.close()
+    assert heard[-2:] == ["pause", "idle"] and not q.paused
+    with pytest.raises(QueueClosed):
+        await waiting

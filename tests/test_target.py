@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import socket
+import struct
 
 import pytest
 from tornado.httputil import HTTPHeaders
+from tornado.iostream import StreamClosedError
 from tornado.netutil import Resolver
+from tornado.simple_httpclient import HTTPStreamClosedError, HTTPTimeoutError
 
 from foreman.target import (
     TargetClient,
@@ -17,6 +22,8 @@ from foreman.target import (
     TargetUnusable,
     Upstream,
 )
+from foreman.target import keepalive
+from foreman.target.failures import classify
 from tests.helpers import serve_raw
 
 
@@ -127,6 +134,97 @@ async def test_closed_before_any_response_is_unreachable(io_loop) -> None:
     server.close()
 
 
+async def test_reset_before_any_response_is_unreachable(io_loop) -> None:
+    async def reset(head, writer) -> None:
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = RST
+
+    server, url = await serve_raw(reset)
+    with pytest.raises(TargetUnreachable, match="reset"):
+        await relay(client(url))
+    with pytest.raises(TargetUnreachable, match="reset"):
+        await client(url).fetch("/api/tags")
+    server.close()
+
+
+async def test_dropped_connection_attempt_is_unreachable(io_loop) -> None:
+    # A listener whose accept queue is full drops SYNs, as a sleeping Mac does:
+    # the connection attempt gets no answer at all.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    try:
+        for _ in range(3):  # more than the queue holds; the rest are dropped too
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex(("127.0.0.1", port))
+            fillers.append(filler)
+        target = client(f"http://127.0.0.1:{port}", connect_timeout=0.5)
+        with pytest.raises(TargetUnreachable, match="timed out while connecting"):
+            await target.fetch("/api/tags")
+        with pytest.raises(TargetUnreachable, match="timed out while connecting"):
+            await relay(target)
+    finally:
+        for filler in fillers:
+            filler.close()
+        listener.close()
+
+
+def connected() -> Upstream:
+    upstream = Upstream()
+    upstream.connected = True  # a fresh or a pooled connection: nothing of an answer yet
+    return upstream
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ConnectionResetError(errno.ECONNRESET, os.strerror(errno.ECONNRESET)),
+        # keepalive or TCP_USER_TIMEOUT found the connection dead (the target asleep)
+        TimeoutError(errno.ETIMEDOUT, os.strerror(errno.ETIMEDOUT)),
+        OSError(errno.EHOSTUNREACH, os.strerror(errno.EHOSTUNREACH)),
+        StreamClosedError(),
+        HTTPStreamClosedError("Stream closed"),
+    ],
+    ids=["reset", "dead", "host-unreachable", "closed", "closed-http"],
+)
+def test_a_connection_that_fails_before_any_answer_is_unreachable(error) -> None:
+    failure = classify(error, connected(), "http://mac:11434")
+    assert isinstance(failure, TargetUnreachable), failure
+    if isinstance(error, TimeoutError):
+        assert "went dead" in str(failure)
+
+
+def test_only_foremans_own_deadline_on_a_connection_is_a_timeout() -> None:
+    # Tornado's request timeout: the connection is alive, the target silent.
+    assert isinstance(classify(HTTPTimeoutError("Timeout"), connected(), "x"), TargetTimeout)
+    # Once an answer began, a dead connection breaks it off: not retried.
+    started = connected()
+    started.response_started = started.answered = True
+    dead = TimeoutError(errno.ETIMEDOUT, os.strerror(errno.ETIMEDOUT))
+    assert isinstance(classify(dead, started, "x"), TargetUnusable)
+
+
+async def test_connections_to_the_target_have_keepalive_and_a_user_timeout(io_loop, stub) -> None:
+    target = client(stub.url)
+    stream = await target.pool.connect("127.0.0.1", stub.port)
+    sock = stream.socket
+    try:
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == keepalive.IDLE
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) == keepalive.INTERVAL
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == keepalive.PROBES
+        if hasattr(socket, "TCP_USER_TIMEOUT"):
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == keepalive.USER_TIMEOUT * 1000
+        # Found dead within about 30 s either way.
+        assert keepalive.IDLE + keepalive.INTERVAL * keepalive.PROBES <= 30
+    finally:
+        stream.close()
+        target.close()
+
+
 async def test_non_http_reply_is_unusable(io_loop) -> None:
     async def garbage(head, writer) -> None:
         writer.write(b"SSH-2.0-OpenSSH_9.2\r\n\r\n")
@@ -159,6 +257,30 @@ async def test_broken_off_mid_response_is_unusable_and_marked_started(io_loop) -
         await client(url).relay("POST", "/api/chat", CHAT, HTTPHeaders(), sink, upstream)
     assert upstream.response_started
     assert sink.status == 200 and sink.body == b'{"done":false}'
+    server.close()
+
+
+async def test_reset_mid_response_breaks_it_off_instead_of_hanging(io_loop) -> None:
+    # A connection that fails with an error once the body has begun (a reset
+    # here; ETIMEDOUT when the target fell asleep mid-answer): Tornado alone
+    # never finished such a request.
+    sink = Collect()
+
+    async def half_then_reset(head, writer) -> None:
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"e\r\n{\"done\":false}\r\n"
+        )
+        await writer.drain()
+        await sink.received.wait()
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = RST
+
+    server, url = await serve_raw(half_then_reset)
+    upstream = Upstream()
+    with pytest.raises(TargetUnusable, match="broke off"):
+        await asyncio.wait_for(client(url).relay("POST", "/api/chat", CHAT, HTTPHeaders(), sink, upstream), 10)
+    assert upstream.response_started and sink.body == b'{"done":false}'
     server.close()
 
 

@@ -17,7 +17,9 @@ from foreman.config.values import (
     normalise_url,
     parse_duration,
     parse_listen,
+    parse_mac,
     parse_size,
+    parse_wake_address,
 )
 
 DEFAULT_OLLAMA_URL = "http://127.0.0.1:11434"
@@ -137,6 +139,31 @@ def target_url(text: str, label: str) -> str:
             f"{label}={hide_userinfo(text)!r} is not a usable Ollama URL ({e}); "
             "use http:// or https:// with a host and optional port and path, "
             f"e.g. {DEFAULT_OLLAMA_URL}"
+        ) from None
+
+
+def ethernet_address(text: str, label: str) -> str | None:
+    """A machine's Ethernet address, normalised to "a4:83:e7:12:34:56"; None when unset."""
+    if not text.strip():
+        return None
+    try:
+        return parse_mac(text)
+    except ValueError as e:
+        detail = f" ({e})" if "not an Ethernet address" not in str(e) else ""
+        raise ConfigError(
+            f"{label}={text!r} is not the target's Ethernet address{detail}; use six pairs "
+            "of hex digits separated by ':' or '-', e.g. a4:83:e7:12:34:56"
+        ) from None
+
+
+def wake_address(text: str, label: str) -> tuple[str, int]:
+    """(ip, port) to send wake packets to, from "ip:port" or "[v6addr]:port"."""
+    try:
+        return parse_wake_address(text)
+    except ValueError:
+        raise ConfigError(
+            f"{label}={text!r} is not an address to send wake packets to; use an IP "
+            "address and a port from 1 to 65535, e.g. 255.255.255.255:9 or 192.168.1.255:9"
         ) from None
 
 

@@ -223,6 +223,22 @@ class Config:
         "until complete, across all clients; a request that would need more gets "
         "503 with Retry-After. Sizes like FOREMAN_MAX_BODY.",
     )
+    # "a4:83:e7:12:34:56" (lower case, ':'), or None: waking is off
+    wake_mac: str | None = setting(
+        default=None,
+        read=readers.ethernet_address,
+        metavar="MAC",
+        help="The Ollama machine's Ethernet address (e.g. a4:83:e7:12:34:56); set, "
+        "foreman sends Wake-on-LAN magic packets while requests wait for an "
+        "unreachable target (a sleeping Mac), and 'foreman wake' sends one.",
+    )
+    wake_address: tuple[str, int] = setting(
+        default="255.255.255.255:9",
+        read=readers.wake_address,
+        metavar="IP:PORT",
+        help="Where wake packets go (UDP): the broadcast address, or a subnet's "
+        "(e.g. 192.168.1.255:9), which some networks need.",
+    )
 
     def __post_init__(self) -> None:
         # Each file is consistent on its own; a token or a name in both must

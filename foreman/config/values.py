@@ -115,6 +115,43 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host, port
 
 
+# --- waking the target ------------------------------------------------------
+
+_MAC = re.compile(r"[0-9A-Fa-f]{2}(?P<sep>[:-])[0-9A-Fa-f]{2}(?:(?P=sep)[0-9A-Fa-f]{2}){4}")
+
+
+def parse_mac(text: str) -> str:
+    """An Ethernet address ("a4:83:e7:12:34:56" or "A4-83-E7-12-34-56"), as "a4:83:e7:12:34:56".
+
+    Raises ValueError for anything else, and for a group (multicast or
+    broadcast) or all-zero address, which no network card has as its own.
+    """
+    text = text.strip()
+    if not _MAC.fullmatch(text):
+        raise ValueError(f"not an Ethernet address: {text!r}")
+    octets = bytes.fromhex(text.replace(":", "").replace("-", ""))
+    if octets[0] & 1:
+        raise ValueError("a multicast or broadcast address, not a machine's own")
+    if not any(octets):
+        raise ValueError("the all-zero address, not a machine's own")
+    return ":".join(f"{octet:02x}" for octet in octets)
+
+
+def parse_wake_address(text: str) -> tuple[str, int]:
+    """(ip, port) from "ip:port" or "[v6addr]:port": an address literal, never a name to look up.
+
+    Port 1 to 65535. Raises ValueError for anything else.
+    """
+    host, port = parse_listen(text)
+    try:
+        ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        raise ValueError(f"{host!r} is not an IP address") from None
+    if port == 0:
+        raise ValueError("port 0")
+    return host, port
+
+
 # --- the target URL ---------------------------------------------------------
 
 

@@ -13,7 +13,7 @@ import time
 
 from foreman.handlers.base import BaseHandler, ForemanError, target_failure
 from foreman.handlers.sink import ClientSink
-from foreman.queue import ClientLeft, ClientQueueFull, QueueError, Ticket
+from foreman.queue import ClientLeft, ClientQueueFull, QueueError, QueueTimeout, Ticket
 from foreman.shown import shown
 from foreman.target import (
     BodyProducer,
@@ -83,7 +83,10 @@ class RelayHandler(BaseHandler):
                     return
                 except QueueError as e:
                     record.queue_wait = time.monotonic() - ticket.admitted
-                    self.fail(ForemanError(503, str(e), {"Retry-After": str(e.retry_after)}))
+                    message = str(e)
+                    if isinstance(e, QueueTimeout) and e.target_unreachable:
+                        message += "; " + self._waking_done()
+                    self.fail(ForemanError(503, message, {"Retry-After": str(e.retry_after)}))
                     return
                 record.queue_wait = ticket.waited
                 record.model_load = ticket.caused_load
@@ -105,6 +108,12 @@ class RelayHandler(BaseHandler):
         finally:
             queue.done(ticket)
             self._ticket = None
+
+    def _waking_done(self) -> str:
+        waker = self.services.waker
+        if waker is None:
+            return "no wake packet was sent (FOREMAN_WAKE_MAC is not set)"
+        return waker.summary()
 
     async def relay(
         self,

@@ -1,9 +1,10 @@
 """The one module of foreman that uses private names of Tornado, checked at import.
 
 Tornado's simple HTTP client cannot reuse a connection, cannot be cancelled
-mid-request, hands a response head over only as text, and swallows a
-malformed head. Subclassing its private per-request `_HTTPConnection` fixes
-all four. A stream does not say how much it has read that nobody asked for,
+mid-request, hands a response head over only as text, swallows a malformed
+head, and never finishes a request whose connection fails with an error
+(a reset, a dead connection) once the answer's body has begun. Subclassing
+its private per-request `_HTTPConnection` fixes all five. A stream does not say how much it has read that nobody asked for,
 which decides whether a connection may be reused: that is read here too.
 Nothing else in foreman touches Tornado's internals. If an upgrade of
 Tornado removes what this module needs, foreman refuses to start with one
@@ -40,7 +41,10 @@ def _missing_names() -> list[str]:
     ]
     connection = getattr(simple_httpclient, "_HTTPConnection", None)
     if connection is not None:
-        for name in ("_create_connection", "_on_end_request", "headers_received", "data_received"):
+        for name in (
+            "_create_connection", "_on_end_request", "_handle_exception",
+            "headers_received", "data_received", "on_connection_close",
+        ):
             wanted.append((connection, name, f"_HTTPConnection.{name}"))
     wanted.append(
         (simple_httpclient.SimpleAsyncHTTPClient, "_connection_class", "SimpleAsyncHTTPClient._connection_class")
@@ -172,6 +176,18 @@ class _PooledConnection(simple_httpclient._HTTPConnection):
         if callback is None:
             return super().data_received(chunk)
         return callback(chunk)  # type: ignore[no-any-return]
+
+    def on_connection_close(self) -> None:
+        # Tornado raises the stream's error here (a reset, or ETIMEDOUT from
+        # keepalive when the target went to sleep mid-answer). Its HTTP/1
+        # reader logs that as uncaught and swallows it, and the request never
+        # finishes: the client's stream would hang forever. Fail the request
+        # with the error instead, as Tornado does for a plain close.
+        error = self.stream.error
+        if self.final_callback is not None and error is not None:
+            self._handle_exception(type(error), error, error.__traceback__)
+            return
+        super().on_connection_close()
 
     def _on_end_request(self) -> None:
         # The response was read to its end: detach the handle first, so a

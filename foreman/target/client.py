@@ -69,7 +69,7 @@ class TargetClient:
     def close(self) -> None:
         self._http.close()
 
-    async def fetch(self, path: str) -> TargetResponse:
+    async def fetch(self, path: str, timeout: float | None = None) -> TargetResponse:
         headers = httputil.HTTPHeaders(
             {
                 "Accept": "application/json",
@@ -84,7 +84,7 @@ class TargetClient:
         request = UpstreamRequest(
             self.base_url + path,
             headers=headers,
-            request_timeout=self._metadata_timeout,
+            request_timeout=self._metadata_timeout if timeout is None else timeout,
             follow_redirects=False,
             # Tornado would inflate without a limit (and hold the result whole).
             decompress_response=False,

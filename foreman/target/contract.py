@@ -114,8 +114,11 @@ class Target(Protocol):
 
     display_url: str
 
-    async def fetch(self, path: str) -> TargetResponse:
-        """GET a small JSON document (tags, ps); non-2xx raises TargetStatusError."""
+    async def fetch(self, path: str, timeout: float | None = None) -> TargetResponse:
+        """GET a small JSON document (tags, ps); non-2xx raises TargetStatusError.
+
+        `timeout` (seconds, connecting included) overrides the client's own.
+        """
 
     async def relay(
         self,

@@ -7,6 +7,10 @@ client's `TCPClient`: `connect` hands out an idle connection to the same
 host when one is known good, and the client gives a connection back after a
 response that leaves it reusable and that ended cleanly, with nothing left
 over: a connection is never trusted to carry two answers apart otherwise.
+
+Every connection dialled gets TCP keepalive and a user timeout
+(`foreman.target.keepalive`), so a target that vanished from the network is
+found dead in seconds, pooled or not.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from tornado import httputil
 from tornado.http1connection import is_transfer_encoding_chunked
 from tornado.iostream import IOStream
 from tornado.tcpclient import TCPClient
+
+from foreman.target.keepalive import keep_alive
 
 # Idle connections kept per target; more are closed when handed back.
 MAX_IDLE_PER_HOST = 64
@@ -59,6 +65,7 @@ class ConnectionPool:
                 return stream
             stream.close()
         stream = await self._tcp_client.connect(host, port, **kwargs)
+        keep_alive(stream.socket)
         self.dialled += 1
         self._keys[stream] = key
         return stream
