@@ -33,15 +33,19 @@ class MemoryBudget:
 class Reservation:
     """One request's share of the budget: grows as its bytes arrive, released once."""
 
-    __slots__ = ("_budget", "size")
+    __slots__ = ("_budget", "size", "_released")
 
     def __init__(self, budget: MemoryBudget) -> None:
         self._budget = budget
         #: bytes this request holds now
         self.size = 0
+        self._released = False
 
     def grow_to(self, size: int) -> bool:
         """Hold `size` bytes in all; False, keeping what it had, if the budget has no room."""
+        if self._released:
+            # The request is over: a late chunk (a relay outliving its client) takes nothing.
+            return False
         more = size - self.size
         if more <= 0:
             return True
@@ -54,7 +58,8 @@ class Reservation:
         return self.grow_to(self.size + size)
 
     def release(self) -> None:
-        """Give everything back; harmless to call again."""
+        """Give everything back, for good; harmless to call again."""
+        self._released = True
         if self.size:
             self._budget.give_back(self.size)
             self.size = 0

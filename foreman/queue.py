@@ -277,6 +277,9 @@ class FairQueue:
         self._backoff = 0.0
         self.last_error = None
         self._reachable_at = self._clock()
+        # A probe that got through is an ordinary request from now on: the
+        # next outage may send a probe of its own while it runs.
+        self._probe = None
         if self._probe_timer is not None:
             self._probe_timer.cancel()
             self._probe_timer = None

@@ -101,6 +101,9 @@ class FairScheduler(Generic[Item]):
         # The same, per model of the client's head request, for affinity.
         self._by_model: dict[str, list[tuple[tuple[int, float, int], int, str]]] = {}
         self._seq = itertools.count()
+        # Row versions come from one counter: a client forgotten and seen again
+        # must never match a row left from its earlier self.
+        self._versions = itertools.count(1)
         self._picks = 0
         # Everyone's recent mean service: the estimate for a client with none of its own.
         self._mean_service: float | None = None
@@ -262,7 +265,7 @@ class FairScheduler(Generic[Item]):
     def _reindex(self, state: _Client[Item]) -> None:
         if len(self._heap) > 4 * len(self._clients) + 64:
             self._compact()
-        state.version += 1
+        state.version = next(self._versions)
         if not state.waiting:
             return
         key = state.key()

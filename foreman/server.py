@@ -24,7 +24,7 @@ from foreman.metrics import Metrics
 from foreman.notify import notify
 from foreman.services import Services
 from foreman.target import TargetClient
-from foreman.queue import FairQueue, Ticket
+from foreman.queue import FairQueue
 from foreman.wake import Waker
 
 log = logging.getLogger("foreman.server")
@@ -91,12 +91,6 @@ class Foreman:
             affinity=config.model_affinity,
             resident=resident.current,
         )
-        # What foreman sends the target is what it holds next.
-        def note_dispatch(ticket: Ticket) -> None:
-            if ticket.model is not None:
-                resident.dispatched(ticket.model)
-
-        self.queue.on_dispatch(note_dispatch)
         # A good poll proves the target is back: resume a paused queue at once.
         self.inventory.on_success(self.queue.reachable)
         self.waker: Waker | None = None

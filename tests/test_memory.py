@@ -389,3 +389,15 @@ async def test_bodies_beyond_the_memory_ceiling_get_503(start_foreman, stub) -> 
     await until(lambda: front.foreman.memory.used == 0, timeout=10)
     again = await front.fetch("/api/chat", method="POST", body=json.dumps(chat_body()).encode() + b" " * (3 << 20))
     assert again.code == 200
+
+
+def test_a_released_reservation_takes_nothing_more() -> None:
+    """A relay that outlives its client (a blob upload's) must not hold memory again."""
+    from foreman.budget import MemoryBudget, Reservation
+
+    budget = MemoryBudget(100)
+    reservation = Reservation(budget)
+    assert reservation.grow_to(40) and budget.used == 40
+    reservation.release()
+    assert budget.used == 0
+    assert not reservation.grow_by(10) and budget.used == 0

@@ -632,6 +632,25 @@ async def test_probes_back_off_doubling_to_the_cap(io_loop, monkeypatch) -> None
     assert all(granted(t) for t in others[:3]) and not granted(others[3])
 
 
+async def test_a_probe_that_got_through_does_not_block_the_next_outages_probes(io_loop, monkeypatch) -> None:
+    monkeypatch.setattr(queue_module, "FIRST_BACKOFF", 0.05)
+    q = FairQueue(concurrency=2, max_queue=100, timeout=60)
+    a, b = q.admit("a"), q.admit("b")
+    c = q.admit("c")
+    await q.turn(a)
+    q.unreachable(a, "boom")
+    await until(lambda: granted(a), timeout=5)  # a goes again, as the probe
+    q.reachable()  # ...and the target answered it: a is now a long answer
+    q.done(b)
+    assert granted(c)
+    # A new outage while a's answer runs: c fails, and a probe must go for it.
+    q.unreachable(c, "boom again")
+    assert q.paused and not granted(c)
+    await until(lambda: granted(c), timeout=5)
+    q.done(a)
+    q.done(c)
+
+
 # --- timeouts and close ---------------------------------------------------------------------
 
 

@@ -288,3 +288,37 @@ def test_affinity_keeps_the_service_gap_bounded(seed: int) -> None:
     t_max = max(r.service for r in requests) + load
     until = both_backlogged_until(requests, ("essays", "questions"))
     assert max_gap(log, ("essays", 1.0), ("questions", 1.0), until) <= 2 * (t_max + budget)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_fair_choice_is_always_the_least_served_even_after_clients_are_forgotten(seed: int) -> None:
+    """Many clients come and go (idle ones are forgotten); the heap's top stays the true minimum.
+
+    Looks inside the scheduler on purpose: the check is of its own bookkeeping.
+    """
+    rng = random.Random(seed)
+    now = [0.0]
+    scheduler: FairScheduler[int] = FairScheduler(affinity=30.0, clock=lambda: now[0])
+    running: list[int] = []
+    models = ["m1", "m2", "m3"]
+    n = 0
+    for _ in range(20_000):
+        now[0] += 0.1
+        if rng.random() < 0.6:
+            scheduler.add(n, f"c{rng.randrange(1000)}", 1.0, rng.choice(models))
+            n += 1
+        if running and rng.random() < 0.5:
+            scheduler.finished(running.pop(rng.randrange(len(running))), rng.uniform(0.1, 5))
+        if rng.random() < 0.05 and scheduler.waiting:
+            scheduler.remove(rng.choice(list(scheduler._entries)))
+        if len(running) < 2 and scheduler.waiting:
+            live = [c for c in scheduler._clients.values() if c.waiting]
+            truth = min(live, key=lambda c: c.key())
+            assert scheduler._top(scheduler._heap).key() == truth.key()
+            fair = truth.head()
+            resident = frozenset(rng.sample(models, 1))
+            item = scheduler.pick(resident)
+            entry = scheduler._running[item]
+            # Only the fair request, or one whose model is resident, ever goes.
+            assert entry is fair or entry.model in resident
+            running.append(item)

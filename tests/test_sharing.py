@@ -158,3 +158,29 @@ async def test_affinity_passes_a_request_over_for_no_longer_than_its_budget(star
     order = arrival_order(stub)
     # Each busy request takes about 0.3 s: a 1 s budget lets a few go first, never the backlog.
     assert order.index("o") <= 1 + 6, order
+
+
+async def test_a_request_that_never_reached_the_target_changes_nothing_foreman_knows_it_holds(start_foreman, stub) -> None:
+    """While the target is away, tries for another model do not make foreman think it loaded it."""
+    stub.max_loaded = 1
+    front = start_foreman(FOREMAN_TOKENS="x", FOREMAN_MODEL_AFFINITY="30s", FOREMAN_QUEUE_TIMEOUT="1m")
+    await front.ready()
+    clients = Clients(front)
+    clients.send("x", chat("first", 1, LLAMA))
+    await clients.all_answered()
+    resident = front.foreman.inventory.resident
+    await until(lambda: resident.current() == {"registry.ollama.ai/library/llama3.2:latest"})
+    port = int(stub.url.rsplit(":", 1)[1])
+    await stub.stop()
+    clients.sent.clear()
+    clients.send("x", chat("second", 1, QWEN))
+    queue = front.foreman.queue
+    await until(lambda: queue.paused)
+    # The tries that failed sent nothing: what the target holds is as before.
+    assert resident.current() == {"registry.ollama.ai/library/llama3.2:latest"}
+    loads = queue.model_loads
+    stub.listen(port)
+    await clients.all_answered()
+    # Once it got through, it made the target load qwen: counted once, and known.
+    assert queue.model_loads == loads + 1
+    await until(lambda: "registry.ollama.ai/library/qwen2.5:0.5b" in resident.current())

@@ -7,6 +7,7 @@ client goes away, the target connection is closed at once.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 import time
@@ -94,9 +95,7 @@ class RelayHandler(BaseHandler):
                 started = record.dispatched = time.monotonic()
                 unreachable = await self.relay(
                     method, path, body, retry_unreachable=True,
-                    # Once a model it made the target load answers, ask what is
-                    # in memory now: the load may have evicted another.
-                    on_answer=self.services.inventory.refresh_resident if ticket.caused_load else None,
+                    on_answer=functools.partial(self._model_answered, ticket),
                 )
                 if unreachable is None:
                     queue.done(ticket, time.monotonic() - started)
@@ -114,6 +113,17 @@ class RelayHandler(BaseHandler):
         if waker is None:
             return "no wake packet was sent (FOREMAN_WAKE_MAC is not set)"
         return waker.summary()
+
+    def _model_answered(self, ticket: Ticket) -> None:
+        # The target answers for the ticket's model: it holds it now. Noted
+        # only now, so an attempt that never reached the target changes nothing.
+        if ticket.model is None:
+            return
+        inventory = self.services.inventory
+        inventory.resident.dispatched(ticket.model)
+        if ticket.caused_load:
+            # The load may have evicted another model: ask what is in memory now.
+            inventory.refresh_resident()
 
     async def relay(
         self,
