@@ -357,6 +357,9 @@ async def start_foreman(
         FOREMAN_POLL_INTERVAL="1h",
         FOREMAN_CONCURRENCY=str(concurrency),
         FOREMAN_MAX_QUEUE=str(max_queue),
+        # The load comes from one address: one client to foreman. Its share of
+        # the queue (32 by default) would refuse most of a queueing scenario.
+        FOREMAN_MAX_QUEUE_PER_CLIENT=str(max(1, min(max_queue, 1_000_000))),
     )
     env.update(extra_env or {})
     # `python -m` puts the working directory first on sys.path: that foreman/ wins over any installed one.
