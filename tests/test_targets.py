@@ -252,3 +252,48 @@ async def test_metrics_and_the_log_line_name_the_target(start_foreman, stand_ins
     assert f'foreman_target_reachable{{target="{b_name}"}} 1.0' in scrape
     assert f'foreman_target_in_flight{{target="{b_name}"}} 0.0' in scrape
     assert any(f"target={b_name}" in r.getMessage() for r in caplog.records if r.name == "foreman.access")
+
+
+async def test_a_waited_for_target_with_a_wake_mac_is_woken_and_the_others_are_not(
+    start_foreman, stand_ins, tmp_path, io_loop
+) -> None:
+    from tests.test_wake import PacketCatcher
+
+    alpha, beta, _ = stand_ins
+    catcher = PacketCatcher(io_loop)
+    try:
+        path = tmp_path / "targets.toml"
+        path.write_text(
+            f'[[target]]\nname = "alpha"\nurl = "{alpha.url}"\nwake_mac = "a4:83:e7:12:34:56"\n'
+            f'wake_address = "{catcher.address}"\n'
+            f'[[target]]\nname = "beta"\nurl = "{beta.url}"\n'
+        )
+        front = start_foreman(
+            "", FOREMAN_OLLAMA_URL="", FOREMAN_TARGETS_FILE=str(path), FOREMAN_QUEUE_TIMEOUT="60s"
+        )
+        await front.ready()
+        port = alpha.port
+        await alpha.stop()
+        waiting = asyncio.ensure_future(front.fetch("/api/chat", method="POST", body=chat(ALPHA_ONLY)))
+        await until(lambda: len(catcher.packets) >= 1)
+        assert catcher.packets[0][1] == b"\xff" * 6 + bytes.fromhex("a483e7123456") * 16
+        other = await front.fetch("/api/chat", method="POST", body=chat(BETA_ONLY))
+        assert other.code == 200 and other.headers["X-Foreman-Target"] == "beta"
+        alpha.listen(port)
+        answer = await asyncio.wait_for(waiting, 30)
+        assert answer.code == 200 and answer.headers["X-Foreman-Target"] == "alpha"
+        assert not front.foreman.targets.first.waker.waking
+    finally:
+        catcher.close()
+
+
+async def test_a_target_holding_the_model_in_memory_is_preferred(start_foreman, stand_ins) -> None:
+    alpha, beta, _ = stand_ins
+    front = await start(start_foreman, stand_ins, FOREMAN_MODEL_AFFINITY="30s")
+    # beta loads the shared model (a client of its own); foreman learns it from /api/ps.
+    loaded = await front.client().fetch(beta.url + "/api/chat", method="POST", body=json.dumps(chat(SHARED)))
+    assert loaded.code == 200
+    await front.foreman.targets.machines[1].inventory.refresh_resident()
+    answer = await front.fetch("/api/chat", method="POST", body=chat(SHARED))
+    assert answer.headers["X-Foreman-Target"] == names(stand_ins)[1]
+    assert front.foreman.targets.machines[1].model_loads == 0
