@@ -96,3 +96,8 @@ def test_bad_file_exits_2_with_one_line(tmp_path):
     )
     assert result.returncode == 2
     assert "target 'a': unknown key 'port'" in result.stderr
+
+
+def test_a_comma_in_a_password_does_not_split_the_url():
+    (spec,) = load({"FOREMAN_OLLAMA_URL": "http://user:pa,ss@h.local:11434"}).target_specs
+    assert spec.url == "http://user:pa,ss@h.local:11434" and spec.name == "h.local:11434"

@@ -287,7 +287,7 @@ class Config:
                 )
                 for entry in self.target_entries
             )
-        urls = self.ollama_url.split(",")
+        urls = targets_file.split_urls(self.ollama_url)
         return tuple(
             targets_file.TargetSpec(
                 targets_file.host_port(url), url, self.ollama_token, self.concurrency,

@@ -10,6 +10,7 @@ problem, on one line.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -57,11 +58,18 @@ def host_port(url: str) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+# A comma starts another URL only where a scheme follows: a password may hold commas.
+_NEXT_URL = re.compile(r",\s*(?=[A-Za-z][A-Za-z0-9+.-]*://)")
+
+
+def split_urls(text: str) -> list[str]:
+    """FOREMAN_OLLAMA_URL's URLs, in order."""
+    return _NEXT_URL.split(text.strip())
+
+
 def target_urls(text: str, label: str) -> str:
     """One URL or several, comma-separated, each normalised; the same list joined by ","."""
-    urls = [readers.target_url(part, label) for part in text.split(",") if part.strip()]
-    if not urls:
-        return readers.target_url(text, label)
+    urls = [readers.target_url(part, label) for part in split_urls(text)]
     names = [host_port(url) for url in urls]
     for i, name in enumerate(names):
         if name in names[:i]:
