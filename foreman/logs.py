@@ -103,6 +103,7 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
             ("ttfb", None if ttfb_ms is None else f"{ttfb_ms:.1f}ms"),
             ("service", None if record.service is None else f"{record.service:.3f}s"),
             ("load", "yes" if record.model_load else None),
+            ("target", None if record.target is None else shown(record.target)),
             ("bytes", record.relayed_bytes),
             ("eval_count", record.eval_count),
         )
@@ -129,6 +130,7 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
             "ttfb_ms": ttfb_ms,
             "service": None if record.service is None else round(record.service, 6),
             "model_load": record.model_load,
+            "target": record.target,
             "bytes": record.relayed_bytes,
             "eval_count": record.eval_count,
             "eval_duration": record.eval_duration,

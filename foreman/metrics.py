@@ -9,6 +9,9 @@ them current.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -20,6 +23,9 @@ from prometheus_client import (
 from foreman.inventory import Inventory
 from foreman.queue import FairQueue
 from foreman.record import RequestRecord
+
+if TYPE_CHECKING:
+    from foreman.targets import Machine
 
 # Waits and first bytes range from instant to minutes (a model loading).
 _WAIT_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
@@ -85,6 +91,27 @@ class Metrics:
             "Wake-on-LAN magic packets sent while requests waited for an unreachable target.",
             registry=self.registry,
         )
+        # Per target: labels are the configured targets' names only.
+        self.target_requests = Counter(
+            "foreman_target_requests",
+            "Requests relayed to each target, by target name.",
+            ["target"],
+            registry=self.registry,
+        )
+        self._target_in_flight = Gauge(
+            "foreman_target_in_flight",
+            "Queued requests at each target now, by target name.",
+            ["target"],
+            registry=self.registry,
+        )
+        self._target_reachable = Gauge(
+            "foreman_target_reachable",
+            "1 while a target is reachable (its last poll succeeded and no request "
+            "since failed to reach it), else 0; by target name.",
+            ["target"],
+            registry=self.registry,
+        )
+        self._target_names: frozenset[str] = frozenset()
         gauges = {
             "foreman_queue_waiting": ("Requests waiting for a turn.", lambda: queue.waiting),
             "foreman_queue_in_flight": ("Requests at the target now.", lambda: queue.in_flight),
@@ -118,8 +145,19 @@ class Metrics:
             self.client_requests.labels(label).inc()
         if record.model_load:
             self.model_loads.inc()
+        if record.target is not None and record.target in self._target_names:
+            self.target_requests.labels(record.target).inc()
         if record.eval_count:
             self.generated_tokens.inc(record.eval_count)
+
+    def name_targets(self, machines: Iterable[Machine]) -> None:
+        """The configured targets: their gauges, and the only target labels used."""
+        names = set()
+        for machine in machines:
+            names.add(machine.name)
+            self._target_in_flight.labels(machine.name).set_function(lambda m=machine: m.in_flight)
+            self._target_reachable.labels(machine.name).set_function(lambda m=machine: int(m.reachable))
+        self._target_names = frozenset(names)
 
     def name_clients(self, names: frozenset[str]) -> None:
         """The client names a tokens file gives (at start and on SIGHUP)."""

@@ -27,6 +27,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable, Collection
+from typing import Any, Protocol
 
 from foreman.scheduling import FairScheduler
 
@@ -35,6 +36,18 @@ FIRST_BACKOFF = 0.5
 MAX_BACKOFF = 15.0
 # Service times remembered to estimate Retry-After for a full queue.
 _SERVICE_SAMPLES = 32
+
+
+class Placement(Protocol):
+    """Where a request may go, with several targets (foreman.targets.Targets)."""
+
+    def can_place(self, model: str | None) -> bool: ...
+    def resident(self) -> Collection[str]: ...
+    def take(self, model: str | None) -> Any: ...
+    def give_back(self, machine: Any) -> None: ...
+    def unreachable(self, machine: Any, error: str) -> None: ...
+    def stuck(self, model: str | None) -> None: ...
+    def unreachable_error(self, model: str | None) -> str | None: ...
 
 
 class QueueError(Exception):
@@ -75,7 +88,7 @@ class Ticket:
 
     __slots__ = (
         "client", "weight", "model", "admitted", "deadline", "granted", "waited",
-        "dispatched", "caused_load", "left", "_timer",
+        "dispatched", "caused_load", "left", "_timer", "machine",
     )
 
     def __init__(
@@ -96,6 +109,8 @@ class Ticket:
         self.caused_load = False
         self.left = False
         self._timer: asyncio.TimerHandle | None = None
+        #: with several targets, the machine it was given a slot at
+        self.machine: Any = None
 
 
 class FairQueue:
@@ -109,6 +124,7 @@ class FairQueue:
         max_per_client: int | None = None,
         affinity: float = 0.0,
         resident: Callable[[], Collection[str]] = frozenset,
+        placement: Placement | None = None,
     ) -> None:
         self.concurrency = concurrency
         self.max_queue = max_queue
@@ -119,6 +135,12 @@ class FairQueue:
         self._scheduler: FairScheduler[Ticket] = FairScheduler(affinity, clock)
         # What the target holds in memory now, asked at each dispatch.
         self._resident = resident
+        # Several targets: which one a picked request goes to, and what each holds.
+        # The queue's own pause and probe are then unused: each machine is
+        # waited out on its own, and the others go on serving.
+        self._placement = placement
+        if placement is not None:
+            self._resident = placement.resident
         self._holding: set[Ticket] = set()
         self._on_dispatch: list[Callable[[Ticket], None]] = []
         self._on_release: list[Callable[[Ticket, float], None]] = []
@@ -207,6 +229,8 @@ class FairQueue:
         self._scheduler.add(ticket, client, weight, model)
         self._arm_deadline(ticket)
         self._dispatch()
+        if self._placement is not None and not ticket.granted.done():
+            self._placement.stuck(model)
         return ticket
 
     async def turn(self, ticket: Ticket) -> None:
@@ -245,6 +269,9 @@ class FairQueue:
 
     def unreachable(self, ticket: Ticket, error: str) -> None:
         """The target could not be reached for `ticket`: back to the head of its client's line."""
+        if self._placement is not None:
+            self._unreachable_at(ticket, error)
+            return
         failed_probe = ticket is self._probe
         stale = ticket.dispatched is not None and ticket.dispatched < self._reachable_at
         if ticket in self._holding:
@@ -272,8 +299,36 @@ class FairQueue:
             self._set_paused(True)
         self._schedule_probe()
 
+    def _unreachable_at(self, ticket: Ticket, error: str) -> None:
+        # Several targets: the machine is away, the request waits for another
+        # (or for it), and the others go on serving.
+        if ticket not in self._holding:
+            return
+        machine = ticket.machine
+        self._holding.discard(ticket)
+        self._placement.give_back(machine)  # type: ignore[union-attr]
+        ticket.machine = None
+        ticket.granted = asyncio.get_running_loop().create_future()
+        if ticket.caused_load:
+            self.model_loads -= 1
+            machine.model_loads -= 1
+            ticket.caused_load = False
+        if self.closed:
+            self._scheduler.finished(ticket, None)
+            ticket.granted.set_exception(_shutting_down())
+            return
+        self._scheduler.retry(ticket)
+        self._arm_deadline(ticket)
+        self._placement.unreachable(machine, error)  # type: ignore[union-attr]
+        self._dispatch()
+        if not ticket.granted.done():
+            self._placement.stuck(ticket.model)  # type: ignore[union-attr]
+
     def reachable(self) -> None:
         """The target answered: resume dispatch at once."""
+        if self._placement is not None:
+            self._dispatch()
+            return
         self._backoff = 0.0
         self.last_error = None
         self._reachable_at = self._clock()
@@ -341,14 +396,20 @@ class FairQueue:
 
     def _grant_next(self) -> Ticket | None:
         resident = self._resident()
-        ticket = self._scheduler.pick(resident)
+        placement = self._placement
+        ticket = self._scheduler.pick(resident, None if placement is None else placement.can_place)
         if ticket is None:
             return None
         self._disarm_deadline(ticket)
         ticket.dispatched = self._clock()
+        if placement is not None:
+            machine = ticket.machine = placement.take(ticket.model)
+            resident = machine.resident()
         ticket.caused_load = ticket.model is not None and ticket.model not in resident
         if ticket.caused_load:
             self.model_loads += 1
+            if placement is not None:
+                ticket.machine.model_loads += 1
         self._holding.add(ticket)
         for listener in self._on_dispatch:
             listener(ticket)
@@ -356,11 +417,18 @@ class FairQueue:
         return ticket
 
     def _dispatch(self) -> None:
+        if self._placement is not None:
+            # Each machine's slots bound it; the scheduler picks only what one can take.
+            while self.waiting and self._grant_next() is not None:
+                pass
+            return
         while not self.paused and self.waiting and self.in_flight < self.concurrency:
             self._grant_next()
 
     def _release(self, ticket: Ticket) -> None:
         self._holding.discard(ticket)
+        if self._placement is not None and ticket.machine is not None:
+            self._placement.give_back(ticket.machine)
         # Service: from the turn to the end of the answer (or the client leaving).
         service = self._clock() - (ticket.dispatched or self._clock())
         self._scheduler.finished(ticket, service)
@@ -394,7 +462,11 @@ class FairQueue:
         if not self._scheduler.remove(ticket):
             return
         waited = _duration(self.timeout)
-        if self.paused and self.last_error:
+        away = None if self._placement is None else self._placement.unreachable_error(ticket.model)
+        if away is not None:
+            message = f"gave up after waiting {waited} for the targets that have its model, which are unreachable: {away}"
+            error = QueueTimeout(message, 1, target_unreachable=True)
+        elif self.paused and self.last_error:
             message = (
                 f"gave up after waiting {waited} for the target, which is unreachable: {self.last_error}"
             )

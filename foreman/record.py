@@ -37,6 +37,8 @@ class RequestRecord:
     service: float | None = None
     #: it made the target load its model
     model_load: bool = False
+    #: the name of the target it was sent to, if any
+    target: str | None = None
     status: int = 0
     finished: float | None = None
 

@@ -191,11 +191,28 @@ class FairScheduler(Generic[Item]):
 
     # --- the decision ----------------------------------------------------------
 
-    def pick(self, resident: Collection[str] = ()) -> Item | None:
-        """The request to dispatch now, or None if nothing waits. It is charged and counted running."""
+    def pick(
+        self, resident: Collection[str] = (), placeable: Callable[[str | None], bool] | None = None
+    ) -> Item | None:
+        """The request to dispatch now, or None if nothing waits. It is charged and counted running.
+
+        With `placeable` (several targets), only a request whose model some
+        target can take now may go: when the fair choice's cannot, the least
+        served client whose head request's can goes instead, so one model
+        waiting for its machine does not hold up the others.
+        """
         fair = self._top(self._heap)
         if fair is None:
             return None
+        if placeable is not None and not placeable(fair.head().model):
+            # The least served client's own later request may go (its line is
+            # at most FOREMAN_MAX_QUEUE_PER_CLIENT long), else another client's head.
+            own = next((e for e in fair.waiting.values() if placeable(e.model)), None)
+            if own is not None:
+                return self._dispatch(own)
+            fair = self._best_placeable(placeable)
+            if fair is None:
+                return None
         chosen = fair.head()
         if self.affinity > 0 and chosen.model is not None and chosen.model not in resident:
             nearby = self._best_resident(resident)
@@ -289,6 +306,19 @@ class FairScheduler(Generic[Item]):
         for model in resident:
             heap = self._by_model.get(model)
             if not heap:
+                continue
+            state = self._top(heap)
+            if state is None:
+                del self._by_model[model]
+            elif best is None or state.key() < best.key():
+                best = state
+        return best
+
+    def _best_placeable(self, placeable: Callable[[str | None], bool]) -> _Client[Item] | None:
+        # One look per model some head request names: bounded by the models, not the waiting.
+        best: _Client[Item] | None = None
+        for model, heap in list(self._by_model.items()):
+            if not placeable(model):
                 continue
             state = self._top(heap)
             if state is None:

@@ -19,12 +19,11 @@ from foreman.app import inbound_tokens, make_app
 from foreman.auth import FailedAuthLog, TokenSet
 from foreman.budget import MemoryBudget
 from foreman.config import Config, ConfigError
-from foreman.inventory import Inventory
 from foreman.metrics import Metrics
 from foreman.notify import notify
 from foreman.services import Services
-from foreman.target import TargetClient
 from foreman.queue import FairQueue
+from foreman.targets import Machine, Targets
 from foreman.wake import Waker
 
 log = logging.getLogger("foreman.server")
@@ -72,46 +71,61 @@ class Foreman:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.target = TargetClient(
-            config.ollama_url,
-            config.ollama_token,
-            config.target_display,
-            idle_timeout=config.target_idle_timeout,
+        track_resident = config.model_affinity > 0
+        self.targets = Targets(
+            Machine(
+                spec,
+                poll_interval=config.poll_interval,
+                idle_timeout=config.target_idle_timeout,
+                track_resident=track_resident,
+            )
+            for spec in config.target_specs
         )
-        self.inventory = Inventory(
-            self.target, config.poll_interval, track_resident=config.model_affinity > 0
-        )
+        first = self.targets.first
+        self.target = first.target
+        self.inventory = first.inventory
         self.activity = Activity()
-        resident = self.inventory.resident
+        several = self.targets.several
         self.queue = FairQueue(
-            config.concurrency,
+            sum(m.concurrency for m in self.targets.machines),
             config.max_queue,
             config.queue_timeout,
             max_per_client=config.max_queue_per_client,
             affinity=config.model_affinity,
-            resident=resident.current,
+            resident=first.inventory.resident.current,
+            placement=self.targets if several else None,
         )
-        # A good poll proves the target is back: resume a paused queue at once.
-        self.inventory.on_success(self.queue.reachable)
-        self.waker: Waker | None = None
-        if config.wake_mac is not None:
-            queue = self.queue
-            waker = self.waker = Waker(config.wake_mac, config.wake_address, needed=lambda: queue.stalled)
-            # Requests wait for an unreachable target: wake it, until it answers.
-            queue.on_pause(waker.start)
-            queue.on_resume(lambda reachable: waker.stop(outage_over=reachable))
+        queue = self.queue
+        self.targets.watch_waiting(lambda: queue.waiting)
+        # A good poll (or an answer beginning) proves a target is back: dispatch at once.
+        for machine in self.targets.machines:
+            machine.on_back(queue.reachable)
+            spec = machine.spec
+            if spec.wake_mac is None:
+                continue
+            if several:
+                waker = Waker(spec.wake_mac, spec.wake_address, needed=lambda: queue.waiting > 0)
+            else:
+                waker = Waker(spec.wake_mac, spec.wake_address, needed=lambda: queue.stalled)
+                # Requests wait for an unreachable target: wake it, until it answers.
+                queue.on_pause(waker.start)
+                queue.on_resume(lambda reachable, waker=waker: waker.stop(outage_over=reachable))
+            machine.waker = waker
+        self.waker: Waker | None = first.waker
         self.tokens = TokenSet(inbound_tokens(config), config.token_clients)
         self.admins = TokenSet(config.admin_tokens, config.token_clients)
         self.metrics = Metrics(self.queue, self.inventory)
         self.metrics.name_clients(client_names(config))
+        self.metrics.name_targets(self.targets.machines)
         self.memory = MemoryBudget(config.max_body_memory)
-        if self.waker is not None:
-            self.waker.on_sent(self.metrics.wake_packets.inc)
+        for machine in self.targets.machines:
+            if machine.waker is not None:
+                machine.waker.on_sent(self.metrics.wake_packets.inc)
         self.app = make_app(
             Services(
                 config, self.target, self.inventory, self.activity, self.queue,
                 self.tokens, self.admins, self.metrics, FailedAuthLog(), self.memory,
-                self.waker,
+                self.waker, self.targets,
             )
         )
         self.server = HTTPServer(
@@ -142,7 +156,8 @@ class Foreman:
         self.acceptor = Acceptor(self.server, sockets)
         self.acceptor.start()
         self.urls = listening_urls(sockets)
-        self.first_poll = self.inventory.start()
+        polls = [machine.inventory.start() for machine in self.targets.machines]
+        self.first_poll = polls[0] if len(polls) == 1 else asyncio.ensure_future(_all_polled(polls))
 
     def reload_tokens(self, load: Callable[[], Config]) -> None:
         """Re-read the tokens (files included); a bad file keeps the current ones."""
@@ -172,16 +187,21 @@ class Foreman:
             self.acceptor.stop()
         self.activity.draining = True
         self.queue.close()
-        self.inventory.stop()
+        for machine in self.targets.machines:
+            machine.inventory.stop()
         if not await self.activity.wait_idle(grace):
             log.warning("grace period over: ending %d requests still in flight", self.activity.in_flight)
             for handler in list(self.activity.handlers):
                 handler.cut_for_shutdown()
             await self.activity.wait_idle(_STRAGGLER_GRACE)
         await self.server.close_all_connections()
-        self.target.close()
-        if self.waker is not None:
-            self.waker.close()
+        for machine in self.targets.machines:
+            machine.close()
+
+
+async def _all_polled(polls: list[asyncio.Future[bool]]) -> bool:
+    """Every target tried once, reachable or not."""
+    return all(await asyncio.gather(*polls))
 
 
 async def serve(

@@ -12,6 +12,7 @@ from foreman.inventory import Inventory
 from foreman.metrics import Metrics
 from foreman.queue import FairQueue
 from foreman.target import Target
+from foreman.targets import Targets
 from foreman.wake import Waker
 
 
@@ -32,3 +33,5 @@ class Services:
     memory: MemoryBudget
     #: sends magic packets while requests wait for the target; None without FOREMAN_WAKE_MAC
     waker: Waker | None = None
+    #: every target (one, or several); `target`, `inventory` and `waker` are the first one's
+    targets: Targets | None = None

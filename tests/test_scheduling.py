@@ -322,3 +322,47 @@ def test_the_fair_choice_is_always_the_least_served_even_after_clients_are_forgo
             # Only the fair request, or one whose model is resident, ever goes.
             assert entry is fair or entry.model in resident
             running.append(item)
+
+
+# --- several targets: only what some target can take now --------------------
+
+
+def test_pick_with_placeable_skips_what_no_target_can_take_without_blocking_others() -> None:
+    clock = [0.0]
+    scheduler: FairScheduler[str] = FairScheduler(0.0, lambda: clock[0])
+    scheduler.add("a1", "a", model="away")
+    scheduler.add("a2", "a", model="here")
+    scheduler.add("b1", "b", model="away")
+    scheduler.add("c1", "c", model="here")
+    placeable = lambda model: model == "here"  # noqa: E731
+    # The fair client's own later request first, then another client's head; never "away".
+    assert scheduler.pick((), placeable) == "a2"
+    assert scheduler.pick((), placeable) == "c1"
+    assert scheduler.pick((), placeable) is None
+    assert scheduler.waiting == 2
+    # When the away model's target returns, they go in fair order.
+    everything = lambda model: True  # noqa: E731
+    assert {scheduler.pick((), everything), scheduler.pick((), everything)} == {"a1", "b1"}
+
+
+def test_pick_with_placeable_is_random_order_safe() -> None:
+    rng = random.Random(11)
+    scheduler: FairScheduler[int] = FairScheduler(0.0, lambda: 0.0)
+    models = ["m0", "m1", "m2"]
+    added: dict[int, str] = {}
+    for i in range(300):
+        model = rng.choice(models)
+        added[i] = model
+        scheduler.add(i, f"client{rng.randrange(8)}", model=model)
+    picked = []
+    for round_ in range(400):
+        allowed = set(rng.sample(models, rng.randrange(len(models) + 1)))
+        item = scheduler.pick((), lambda model, allowed=allowed: model in allowed)
+        if item is None:
+            # Nothing waiting can go: every waiting request is for a model not allowed.
+            continue
+        assert added[item] in allowed
+        picked.append(item)
+        scheduler.finished(item, 1.0)
+    assert len(set(picked)) == len(picked)
+    assert scheduler.waiting == 300 - len(picked)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from foreman.clients import Client
-from foreman.config import readers, tokens_files
+from foreman.config import readers, targets_file, tokens_files
 from foreman.config.declare import (
     Setting,
     add_setting_arguments,
@@ -21,7 +21,7 @@ from foreman.config.declare import (
     setting,
     settings_of,
 )
-from foreman.config.readers import DEFAULT_OLLAMA_URL
+from foreman.config.readers import DEFAULT_OLLAMA_URL, ConfigError
 from foreman.config.tokens_files import TokenFields
 from foreman.config.values import strip_userinfo
 
@@ -56,11 +56,12 @@ class Config:
     # scheme://[user:pass@]host[:port][/prefix], never a trailing "/"
     ollama_url: str = setting(
         default=DEFAULT_OLLAMA_URL,
-        read=readers.target_url,
-        metavar="URL",
+        read=targets_file.target_urls,
+        metavar="URL[,URL...]",
         redact=_without_credentials,
         help="Base URL of the Ollama server foreman stands in front of "
-        "(http or https, optional path prefix).",
+        "(http or https, optional path prefix); several, comma-separated, for "
+        "several machines, each named by its host:port.",
     )
     ollama_token: str | None = setting(
         default=None,
@@ -240,6 +241,19 @@ class Config:
         "(e.g. 192.168.1.255:9), which some networks need.",
     )
 
+    # The path; its [[target]] tables go to `target_entries`.
+    targets_file: str | None = setting(
+        fills=("targets_file", "target_entries"),
+        default=None,
+        read=targets_file.read,
+        metavar="PATH",
+        help="TOML file with one [[target]] table per Ollama machine (keys name, url, "
+        "token, concurrency, wake_mac, wake_address; FOREMAN_CONCURRENCY, "
+        "FOREMAN_OLLAMA_TOKEN and the wake settings fill the keys left out); "
+        "instead of FOREMAN_OLLAMA_URL.",
+    )
+    target_entries: tuple[targets_file.TargetEntry, ...] = filled_by("targets_file")
+
     def __post_init__(self) -> None:
         # Each file is consistent on its own; a token or a name in both must
         # be too, and only here are both files known.
@@ -255,8 +269,32 @@ class Config:
 
     @property
     def target_display(self) -> str:
-        """The target URL without any user:password@, safe for /healthz and logs."""
-        return strip_userinfo(self.ollama_url)
+        """The target URLs without any user:password@, safe for /healthz and logs."""
+        return ", ".join(spec.display_url for spec in self.target_specs)
+
+    @property
+    def target_specs(self) -> tuple[targets_file.TargetSpec, ...]:
+        """Every target, each key the file left out filled from the FOREMAN_* settings."""
+        if self.target_entries:
+            return tuple(
+                targets_file.TargetSpec(
+                    entry.name,
+                    entry.url,
+                    entry.token if entry.token is not None else self.ollama_token,
+                    entry.concurrency if entry.concurrency is not None else self.concurrency,
+                    entry.wake_mac if entry.wake_mac is not None else self.wake_mac,
+                    entry.wake_address if entry.wake_address is not None else self.wake_address,
+                )
+                for entry in self.target_entries
+            )
+        urls = targets_file.split_urls(self.ollama_url)
+        return tuple(
+            targets_file.TargetSpec(
+                targets_file.host_port(url), url, self.ollama_token, self.concurrency,
+                self.wake_mac, self.wake_address,
+            )
+            for url in urls
+        )
 
     @property
     def auth_enabled(self) -> bool:
@@ -284,4 +322,11 @@ def load(environ: Mapping[str, str], args: argparse.Namespace | None = None) -> 
     if set and non-empty, else the default. Raises ConfigError on the first
     bad value, in SETTINGS order.
     """
-    return load_settings(Config, environ, args)
+    config = load_settings(Config, environ, args)
+    url_given = environ.get("FOREMAN_OLLAMA_URL") or getattr(args, "ollama_url", None)
+    if config.targets_file is not None and url_given:
+        raise ConfigError(
+            f"FOREMAN_TARGETS_FILE={config.targets_file!r} and FOREMAN_OLLAMA_URL are both set; "
+            "list every target in the file and unset FOREMAN_OLLAMA_URL"
+        )
+    return config

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 
 from foreman.handlers.base import BaseHandler
+from foreman.targets import Targets
 
 
 def rfc3339(moment: datetime.datetime | None) -> str | None:
@@ -19,6 +20,10 @@ class HealthHandler(BaseHandler):
     requires_auth = False
 
     def get(self) -> None:
+        targets = self.services.targets
+        if targets is not None and targets.several:
+            self._several(targets)
+            return
         inventory = self.services.inventory
         self.set_status(503 if inventory.degraded else 200)
         self.write(
@@ -31,6 +36,38 @@ class HealthHandler(BaseHandler):
                 # token, so what the target said stays in the log.
                 "last_error": inventory.last_error,
                 "models": inventory.model_count,
+                "queue": self.services.queue.snapshot(),
+            }
+        )
+
+
+    def _several(self, targets: Targets) -> None:
+        reachable = [m.reachable for m in targets.machines]
+        if all(reachable):
+            status = "ok"
+        elif any(reachable):
+            status = "partial"
+        else:
+            status = "degraded"
+        self.set_status(503 if status == "degraded" else 200)
+        self.write(
+            {
+                "status": status,
+                "degraded": status == "degraded",
+                "targets": [
+                    {
+                        "name": m.name,
+                        "url": m.display_url,
+                        "degraded": not m.reachable,
+                        "last_poll": rfc3339(m.inventory.last_poll),
+                        # The kind of failure only, as above.
+                        "last_error": m.away_error or m.inventory.last_error,
+                        "models": m.inventory.model_count,
+                        "in_flight": m.in_flight,
+                        "concurrency": m.concurrency,
+                    }
+                    for m in targets.machines
+                ],
                 "queue": self.services.queue.snapshot(),
             }
         )

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 
 from foreman.handlers.base import ForemanError
 from foreman.handlers.relay import RelayHandler
+from foreman.shown import shown
 from foreman.target import BodyProducer
 
 # Model files are gigabytes; a blob upload is streamed, never held in memory.
@@ -44,11 +45,35 @@ class ManageHandler(RelayHandler):
                     "ask whoever runs foreman",
                 )
             )
+            return
+        try:
+            self.name_target()
+        except ForemanError as e:
+            self.fail(e)
 
     async def relay_change(self, body: bytes | None, producer: BodyProducer | None = None) -> None:
         await self.relay(self.request.method, self.request.path, body, body_producer=producer)
         if 200 <= self.get_status() < 300:
-            self.services.inventory.refresh()
+            machine = self.machine
+            (machine.inventory if machine is not None else self.services.inventory).refresh()
+
+    def name_target(self) -> None:
+        """With several targets, the change is for the one the X-Foreman-Target header names."""
+        targets = self.services.targets
+        if targets is None or not targets.several:
+            self.machine = None if targets is None else targets.first
+            return
+        named = self.request.headers.get("X-Foreman-Target", "").strip()
+        machine = targets.by_name.get(named)
+        if machine is None:
+            names = ", ".join(targets.by_name)
+            said = "no X-Foreman-Target header" if not named else f"no target named '{shown(named)}'"
+            raise ForemanError(
+                400,
+                f"{said}: with several targets, name the one to change in the "
+                f"X-Foreman-Target header; the targets are {names}",
+            )
+        self.machine = machine
 
     async def post(self) -> None:
         await self.relay_change(self.body)

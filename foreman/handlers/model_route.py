@@ -56,6 +56,10 @@ class ModelRouteHandler(RelayHandler):
             model = canonical(self.record.model) if self.record.model else None
             await self.relay_queued("POST", self.target_path, self.body, model)
         else:
+            targets = self.services.targets
+            if targets is not None and self.record.model:
+                # Metadata of a model: from a machine that has it.
+                self.machine = targets.holding(self.record.model)
             await self.relay("POST", self.target_path, self.body)
 
     async def check_model(self, fields: Mapping[str, object]) -> None:
@@ -69,9 +73,16 @@ class ModelRouteHandler(RelayHandler):
             raise ForemanError(400, "model is required")
         self.record.model = model
         inventory = self.services.inventory
-        if await inventory.find(model):
-            return
-        if inventory.tags_body is None:
+        targets = self.services.targets
+        if targets is not None and targets.several:
+            if await targets.find(model):
+                return
+            known = targets.any_inventory
+        else:
+            if await inventory.find(model):
+                return
+            known = inventory.tags_body is not None
+        if not known:
             raise ForemanError(
                 503,
                 f"cannot check model '{shown(model)}': no model inventory yet "

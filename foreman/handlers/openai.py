@@ -6,6 +6,12 @@ on as the target produces it, `data: [DONE]` included.
 
 from __future__ import annotations
 
+import asyncio
+from urllib.parse import unquote
+
+from foreman import union
+from foreman.targets import Targets
+
 import json
 
 from foreman.handlers.model_route import ModelRouteHandler
@@ -51,9 +57,33 @@ class ModelsHandler(OpenAIErrors, RelayHandler):
         return None
 
     async def get(self, model: str | None = None) -> None:
+        targets = self.services.targets
+        if targets is not None and targets.several:
+            if model is None and "Origin" not in self.request.headers:
+                await self._union(targets)
+                return
+            if model is not None:
+                self.machine = targets.holding(unquote(model))
         # The raw path keeps the client's own encoding of the model name,
         # which prepare() has checked is a plain name once decoded.
         await self.relay("GET", self.request.path, None)
+
+    async def _union(self, targets: Targets) -> None:
+        # Several targets: one list, every model once, away targets' from their last poll.
+        asked = [m for m in targets.machines if m.reachable]
+        answers = await asyncio.gather(
+            *(m.target.fetch("/v1/models") for m in asked), return_exceptions=True
+        )
+        documents = []
+        for answer in answers:
+            if not isinstance(answer, BaseException):
+                try:
+                    documents.append(answer.json())
+                except ValueError:
+                    pass
+        known = [m.inventory.tags_body for m in targets.machines if m.inventory.tags_body is not None]
+        self.set_header("Content-Type", "application/json")
+        self.finish(union.v1_models_body(documents, union.tags_body(known)))
 
 
 class OpenAIModelRouteHandler(OpenAIErrors, ModelRouteHandler):

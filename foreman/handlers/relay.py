@@ -16,6 +16,7 @@ from foreman.handlers.base import BaseHandler, ForemanError, target_failure
 from foreman.handlers.sink import ClientSink
 from foreman.queue import ClientLeft, ClientQueueFull, QueueError, QueueTimeout, Ticket
 from foreman.shown import shown
+from foreman.targets import Machine
 from foreman.target import (
     BodyProducer,
     Cancelled,
@@ -32,6 +33,8 @@ class RelayHandler(BaseHandler):
 
     _upstream: Upstream | None = None
     _ticket: Ticket | None = None
+    #: the target this request goes to; None: the queue's pick, or any reachable one
+    machine: Machine | None = None
     _client_gone = False
     _cut_by_shutdown = False
 
@@ -91,6 +94,8 @@ class RelayHandler(BaseHandler):
                     return
                 record.queue_wait = ticket.waited
                 record.model_load = ticket.caused_load
+                if ticket.machine is not None:
+                    self.machine = ticket.machine
                 self.note_queue_wait()
                 started = record.dispatched = time.monotonic()
                 unreachable = await self.relay(
@@ -109,6 +114,10 @@ class RelayHandler(BaseHandler):
             self._ticket = None
 
     def _waking_done(self) -> str:
+        targets = self.services.targets
+        if targets is not None and targets.several:
+            model = self._ticket.model if self._ticket is not None else None
+            return targets.waking_summary(model)
         waker = self.services.waker
         if waker is None:
             return "no wake packet was sent (FOREMAN_WAKE_MAC is not set)"
@@ -119,7 +128,7 @@ class RelayHandler(BaseHandler):
         # only now, so an attempt that never reached the target changes nothing.
         if ticket.model is None:
             return
-        inventory = self.services.inventory
+        inventory = ticket.machine.inventory if ticket.machine is not None else self.services.inventory
         inventory.resident.dispatched(ticket.model)
         if ticket.caused_load:
             # The load may have evicted another model: ask what is in memory now.
@@ -143,20 +152,30 @@ class RelayHandler(BaseHandler):
         `idle_timeout` overrides FOREMAN_TARGET_IDLE_TIMEOUT (metadata routes);
         `on_answer` is called when the target's answer begins.
         """
-        queue = self.services.queue
         if self._client_gone:
             return None
+        machine = self.chosen_machine()
+        target = self.services.target if machine is None else machine.target
+        if machine is not None:
+            self.set_header("X-Foreman-Target", machine.name)
+            self.record.target = machine.name
         upstream = self._upstream = Upstream()
         # The target answering at all proves it is back: resume the queue then,
         # not when this (possibly minutes-long) answer ends.
+        def target_answered() -> None:
+            if machine is not None:
+                machine.answered()
+            else:
+                self.services.queue.reachable()
+
         def answer_began() -> None:
-            queue.reachable()
+            target_answered()
             if on_answer is not None:
                 on_answer()
 
         sink = ClientSink(self, on_start=answer_began, on_lost=self.lose_client)
         try:
-            await self.services.target.relay(
+            await target.relay(
                 method, path, body, self.request.headers, sink, upstream, body_producer,
                 idle_timeout,
             )
@@ -176,7 +195,7 @@ class RelayHandler(BaseHandler):
             return None
         except TargetError as e:
             if upstream.answered:  # even with garbage: it is there, retrying will not help
-                queue.reachable()
+                target_answered()
             self.answer_failure(e, sink, method, path)
             return None
         else:
@@ -189,6 +208,13 @@ class RelayHandler(BaseHandler):
             # own (a failed connection's traceback): it must not keep the
             # handler, the client's connection or held bytes alive with it.
             sink.detach()
+
+    def chosen_machine(self) -> Machine | None:
+        """The target this request goes to: the queue's pick, else any reachable one."""
+        if self.machine is not None:
+            return self.machine
+        targets = self.services.targets
+        return None if targets is None else targets.any_reachable()
 
     def answer_failure(
         self, error: TargetError, sink: ClientSink, method: str, path: str, status: int = 502
