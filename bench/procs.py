@@ -306,11 +306,11 @@ async def answering(child: Child, port: int, path: str) -> tuple[Child, int]:
 # ---------------------------------------------------------------- the servers
 
 
-async def start_target(logdir: str) -> tuple[Child, int]:
-    """bench/target.py, the fast stand-in Ollama, on a free port."""
+async def start_target(logdir: str, name: str = "target") -> tuple[Child, int]:
+    """bench/target.py, the fast stand-in Ollama, on a free port; `name` names its log."""
     port = free_port()
     argv = [sys.executable, os.path.join(BENCH, "target.py"), "--port", str(port)]
-    return await answering(Child("target", argv, dict(os.environ), logdir), port, "/api/tags")
+    return await answering(Child(name, argv, dict(os.environ), logdir), port, "/api/tags")
 
 
 async def start_stub(logdir: str, chunk_delay: float, port: int | None = None) -> tuple[Child, int]:

@@ -9,7 +9,7 @@ import statistics
 import header
 import procs
 from nginx import nginx_version
-from scenarios import MODES, Rig, Settings
+from scenarios import MODES, TWO_TARGETS, Rig, Settings
 
 # ---------------------------------------------------------------- aggregation
 
@@ -255,6 +255,70 @@ def report_s4(
             "",
             verdict("S4 dispatch cost per request", dispatch.get("foreman"), 0.3, "ms"),
             verdict("S4 memory per waiting request", per_waiter, 20, "KB"),
+        ]
+    )
+
+
+def report_two_targets(scenarios: dict[str, dict[str, list[dict]]], s: Settings) -> str:
+    """One-target foreman next to foreman in front of two targets, scenario by scenario."""
+    lines = [
+        "| figure | foreman, 1 target | foreman, 2 targets | 2÷1 |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    checks = []
+
+    def row(label: str, one: float | None, two: float | None) -> None:
+        lines.append(f"| {label} | {fmt(one)} | {fmt(two)} | {ratio(two, one)} |")
+
+    def no_worse(label: str, one: float | None, two: float | None, slack: float, unit: str) -> None:
+        # Medians of a few rounds on a shared machine wobble: "no worse" allows 10 % or `slack`.
+        if one is None or two is None:
+            checks.append(f"- {label} with two targets no worse than with one: not measured — **not met**")
+            return
+        limit = max(one * 1.1, one + slack)
+        met = two <= limit
+        checks.append(
+            f"- {label} with two targets no worse than with one (≤ {fmt(limit)} {unit}): "
+            f"{fmt(two)} {unit} — **{'met' if met else 'not met'}**"
+        )
+
+    for scenario, results in scenarios.items():
+        if TWO_TARGETS not in results:
+            continue
+        add50, add99 = added(results, "p50_ms"), added(results, "p99_ms")
+        if scenario == "S1":
+            rps, cpu = per_mode(results, "rps"), per_mode(results, "proxy_cpu_us")
+            row("S1 added over direct, p50 (ms)", add50.get("foreman"), add50.get(TWO_TARGETS))
+            row("S1 added over direct, p99 (ms)", add99.get("foreman"), add99.get(TWO_TARGETS))
+            row("S1 requests per second", rps.get("foreman"), rps.get(TWO_TARGETS))
+            row("S1 foreman CPU per request (µs)", cpu.get("foreman"), cpu.get(TWO_TARGETS))
+            no_worse("S1 added delay p50", add50.get("foreman"), add50.get(TWO_TARGETS), 0.05, "ms")
+            no_worse("S1 foreman CPU per request", cpu.get("foreman"), cpu.get(TWO_TARGETS), 20, "µs")
+        else:
+            cpu = per_mode(results, "proxy_cpu_pct")
+            row(f"{scenario}: added over direct p50 (ms)", add50.get("foreman"), add50.get(TWO_TARGETS))
+            row(f"{scenario}: added over direct p99 (ms)", add99.get("foreman"), add99.get(TWO_TARGETS))
+            row(f"{scenario}: foreman CPU (% of one core)", cpu.get("foreman"), cpu.get(TWO_TARGETS))
+            no_worse(f"{scenario} added delay p99", add99.get("foreman"), add99.get(TWO_TARGETS), 0.2, "ms")
+            no_worse(f"{scenario} foreman CPU", cpu.get("foreman"), cpu.get(TWO_TARGETS), 2, "% of one core")
+        errors = {mode: total_errors(rounds) for mode, rounds in results.items()}
+        lines.append(
+            f"| {scenario}: failed requests, all rounds | {errors.get('foreman', 0)} | "
+            f"{errors.get(TWO_TARGETS, 0)} | — |"
+        )
+    return "\n".join(
+        [
+            f"### Two targets: foreman in front of two bench targets, median of {s.rounds} rounds",
+            "",
+            ("The same S1 and S3 runs as above, interleaved with them round by round, against a foreman "
+            "given both targets' URLs (FOREMAN_OLLAMA_URL=url1,url2; both hold the same model, so every "
+            "request may go to either). *Added* is over the direct connection to one target, as above. "
+            "Added delay and foreman's CPU per request are the price of routing between targets; "
+            "the aim is no worse than with one."),
+            "",
+            *lines,
+            "",
+            *checks,
         ]
     )
 

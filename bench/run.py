@@ -4,6 +4,7 @@
     python bench/run.py --quick             # smoke run, under a minute
     python bench/run.py --foreman-rev HEAD  # foreman/ as committed, not the working tree
     python bench/run.py --only S1 S3 --rounds 3 --skip-nginx --output /tmp/r.md
+    python bench/run.py --targets 2         # also foreman in front of two targets (S1, S3)
 
 Starts the fast stand-in target (bench/target.py), nginx (installed with
 apt-get if missing, skipped with a note if that fails) and foreman as child
@@ -21,6 +22,12 @@ goes to stderr.
 - S4 queue: tiny requests from many connections, foreman with
   FOREMAN_CONCURRENCY=1; dispatch cost per request, peak RSS, and memory per
   waiting request (a held generation keeps the others waiting).
+
+With --targets 2 a second bench target starts, and S1 and S3 also run a
+foreman given both targets' URLs (mode "foreman2"), interleaved with the
+others; a section of its own sets its added delay and CPU per request next
+to one-target foreman's (the aim: no worse than with one). Without the flag
+the run and its report are as before.
 """
 
 from __future__ import annotations
@@ -69,9 +76,16 @@ async def run(args: argparse.Namespace, settings: Settings, logdir: str) -> str:
         log(note)
     source = procs.export_foreman(args.foreman_rev, os.path.join(logdir, "src")) if args.foreman_rev else None
     head = report.machine_header(nginx_bin, settings, args.quick, args.foreman_rev)
-    rig = Rig(logdir, nginx_bin, notes, source)
+    if args.targets > 1:
+        notes.append(
+            f"--targets {args.targets}: a second bench target; S1 and S3 also run foreman in front of both "
+            "(see 'Two targets'); target CPU counts both targets"
+        )
+    rig = Rig(logdir, nginx_bin, notes, source, targets=args.targets)
+    two_targets = args.targets > 1
     s = settings
     sections: list[str] = []
+    several: dict[str, dict[str, list[dict]]] = {}  # scenario -> results, for --targets 2
     started = time.perf_counter()
     try:
         await rig.start_target()
@@ -80,7 +94,7 @@ async def run(args: argparse.Namespace, settings: Settings, logdir: str) -> str:
 
         if "S1" in wanted:
             log("S1 latency")
-            await rig.start_proxies("S1")
+            await rig.start_proxies("S1", two_targets=two_targets)
             try:
                 r1 = await interleave(
                     rig, "S1", s.rounds, lambda m: s1_run(rig, m, s.s1_requests), 180,
@@ -89,6 +103,7 @@ async def run(args: argparse.Namespace, settings: Settings, logdir: str) -> str:
             finally:
                 rig.stop_proxies("S1")
             sections.append(report.report_s1(r1, rig.modes, nginx_note, s))
+            several["S1"] = r1
 
         if "S2" in wanted:
             log("S2 relay")
@@ -104,7 +119,7 @@ async def run(args: argparse.Namespace, settings: Settings, logdir: str) -> str:
 
         if "S3" in wanted:
             log("S3 fan-in")
-            await rig.start_proxies("S3")
+            await rig.start_proxies("S3", two_targets=two_targets)
             variants: dict[str, dict[str, list[dict]]] = {}
             try:
                 limit = s.s3_chunks * s.s3_interval + 120
@@ -119,6 +134,7 @@ async def run(args: argparse.Namespace, settings: Settings, logdir: str) -> str:
             finally:
                 rig.stop_proxies("S3")
             sections.append(report.report_s3(variants, rss3, rig.modes, nginx_note, s))
+            several.update({f"S3 {name}": results for name, results in variants.items()})
 
         if "S4" in wanted:
             log("S4 queue")
@@ -140,10 +156,11 @@ async def run(args: argparse.Namespace, settings: Settings, logdir: str) -> str:
                 rig.mode_seconds[("S4 memory", "foreman")] = rig.mode_seconds.get(("S4 memory", "foreman"), 0) + elapsed
                 log(f"  S4 memory round {r + 1}/{s.rounds} {elapsed:6.2f}s  {brief(result)}")
             sections.append(report.report_s4(r4, memory, rss4, rig.modes, nginx_note, s))
+        if two_targets and several:
+            sections.append(report.report_two_targets(several, s))
     finally:
         rig.stop_proxies("end")
-        if rig.target is not None:
-            rig.target.stop()
+        rig.stop_targets()
     total = time.perf_counter() - started
     return "\n".join(head + [""] + report.notes_section(notes) + report.sections_joined(sections) + report.timing(rig, total) + report.logs_section(rig))
 
@@ -165,6 +182,13 @@ def main() -> None:
         "--foreman-rev",
         metavar="REV",
         help="benchmark foreman/ as committed at this git revision (e.g. HEAD) instead of the working tree",
+    )
+    parser.add_argument(
+        "--targets",
+        type=int,
+        choices=[1, 2],
+        default=1,
+        help="2: also run S1 and S3 with foreman in front of two bench targets, reported next to one (default 1)",
     )
     parser.add_argument("--skip-nginx", action="store_true", help="do not run (or install) nginx")
     parser.add_argument("--output", default=os.path.join(procs.BENCH, "results.md"), help="where to write the report")

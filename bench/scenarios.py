@@ -23,6 +23,9 @@ from api import TINY, health, stream_body, wait_until
 from header import log
 
 MODES = ("direct", "nginx", "foreman")
+# foreman in front of two bench targets (run.py --targets 2); not a column of
+# the main tables, reported next to one-target foreman in a section of its own.
+TWO_TARGETS = "foreman2"
 
 
 @dataclass(frozen=True)
@@ -50,8 +53,13 @@ QUICK = replace(FULL, rounds=2, s1_requests=300, s1_warmup=50, s3_chunks=20, s4_
 class Rig:
     """The target for the whole run; nginx and foreman started fresh per scenario."""
 
-    def __init__(self, logdir: str, nginx: str | None, notes: list[str], foreman_source: str | None) -> None:
+    def __init__(
+        self, logdir: str, nginx: str | None, notes: list[str], foreman_source: str | None, targets: int = 1
+    ) -> None:
         self.logdir = logdir
+        self.targets = targets
+        self.second_target: procs.Child | None = None
+        self.second_target_port = 0
         self.foreman_source = foreman_source
         self.nginx_bin = nginx
         self.notes = notes
@@ -64,29 +72,48 @@ class Rig:
 
     @property
     def modes(self) -> tuple[str, ...]:
-        return MODES if self.nginx_bin else ("direct", "foreman")
+        base = MODES if self.nginx_bin else ("direct", "foreman")
+        return (*base, TWO_TARGETS) if TWO_TARGETS in self.proxies else base
 
     async def start_target(self) -> None:
         self.target, self.target_port = await procs.start_target(self.logdir)
         self.ports["direct"] = self.target_port
+        if self.targets > 1:
+            self.second_target, self.second_target_port = await procs.start_target(self.logdir, "target-2")
+
+    def stop_targets(self) -> None:
+        for child in (self.target, self.second_target):
+            if child is not None:
+                child.stop()
 
     async def start_foreman(self, name: str, concurrency: int, max_queue: int) -> tuple[procs.Child, int]:
         return await procs.start_foreman(
             name, self.target_port, self.logdir, concurrency, max_queue, self.foreman_source
         )
 
-    async def start_proxies(self, scenario: str, concurrency: int = 1000, max_queue: int = 100_000) -> None:
+    async def start_proxies(
+        self, scenario: str, concurrency: int = 1000, max_queue: int = 100_000, two_targets: bool = False
+    ) -> None:
+        """nginx and foreman for one scenario; with `two_targets` (and a second target), also
+        foreman in front of both targets (FOREMAN_OLLAMA_URL with both URLs), as mode TWO_TARGETS."""
         if self.nginx_bin:
             self.proxies["nginx"], self.ports["nginx"] = await nginx.start_nginx(
                 self.nginx_bin, self.target_port, self.logdir
             )
         child, port = await self.start_foreman(f"foreman-{scenario}", concurrency, max_queue)
         self.proxies["foreman"], self.ports["foreman"] = child, port
+        if two_targets and self.second_target is not None:
+            urls = f"http://{procs.HOST}:{self.target_port},http://{procs.HOST}:{self.second_target_port}"
+            child, port = await procs.start_foreman(
+                f"foreman2-{scenario}", self.target_port, self.logdir, concurrency, max_queue,
+                self.foreman_source, extra_env={"FOREMAN_OLLAMA_URL": urls},
+            )
+            self.proxies[TWO_TARGETS], self.ports[TWO_TARGETS] = child, port
 
     def stop_proxies(self, scenario: str) -> None:
         for mode, child in list(self.proxies.items()):
             child.stop()
-            if mode == "foreman":
+            if mode in ("foreman", TWO_TARGETS):
                 self.collect_foreman_log(scenario, child)
             del self.proxies[mode]
             self.ports.pop(mode, None)
@@ -103,6 +130,8 @@ class Rig:
     def check(self) -> None:
         assert self.target is not None
         self.target.check()
+        if self.second_target is not None:
+            self.second_target.check()
         for child in self.proxies.values():
             child.check()
 
@@ -118,8 +147,10 @@ class Rig:
         return {mode: procs.peak_rss_kib(self.pids(mode)) * 1.024 / 1000 for mode in self.proxies}
 
     def target_cpu(self) -> float:
+        """CPU of every target (both with two targets: the work is split between them)."""
         assert self.target is not None
-        return procs.cpu_seconds([self.target.pid])
+        pids = [self.target.pid] + ([self.second_target.pid] if self.second_target is not None else [])
+        return procs.cpu_seconds(pids)
 
 
 class Meter:

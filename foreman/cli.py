@@ -7,7 +7,7 @@ import asyncio
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import NoReturn
 
 from foreman import __version__, config, logs
@@ -19,6 +19,7 @@ commands:
   serve   run foreman in front of FOREMAN_OLLAMA_URL (the default)
   stub    run the stand-in Ollama (deterministic; for trying clients without a real Ollama)
   demo    run the stand-in and foreman in front of it, and print a curl line to try
+          (--targets 2: two stand-ins with different models, foreman routing between them)
   wake    send one Wake-on-LAN packet for FOREMAN_WAKE_MAC to FOREMAN_WAKE_ADDRESS
           (to check that the Ollama machine wakes for it)
 
@@ -83,9 +84,12 @@ def main(argv: Sequence[str] | None = None) -> None:
 def _load(
     parser: argparse.ArgumentParser, args: list[str], environ: dict[str, str] | None = None
 ) -> config.Config:
-    namespace = parser.parse_args(args)
+    return _settings(parser.parse_args(args), os.environ if environ is None else environ)
+
+
+def _settings(namespace: argparse.Namespace, environ: Mapping[str, str]) -> config.Config:
     try:
-        return config.load(os.environ if environ is None else environ, namespace)
+        return config.load(environ, namespace)
     except config.ConfigError as e:
         print(f"foreman: {e}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -110,18 +114,41 @@ def _run_stub(args: list[str]) -> None:
 
 
 def _run_demo(args: list[str]) -> None:
-    from foreman.demo import run_demo
+    from foreman.demo import MAX_TARGETS, run_demo
 
     parser = serve_parser("foreman demo")
     parser.description = (
         "Start the stand-in Ollama on a free loopback port and foreman in front of it "
-        "(on 127.0.0.1:8080 unless --listen or FOREMAN_LISTEN says otherwise)."
+        "(on 127.0.0.1:8080 unless --listen or FOREMAN_LISTEN says otherwise). "
+        "With --targets 2, two stand-ins with different models (llama3.2 on both, "
+        "qwen2.5:0.5b only on the first, hf.co/example/tiny-gguf:Q4_K_M only on the second) "
+        "and foreman routing between them."
+    )
+    parser.add_argument(
+        "--targets",
+        type=int,
+        choices=range(1, MAX_TARGETS + 1),
+        default=1,
+        metavar="N",
+        help=f"how many stand-in Ollamas to run behind foreman, 1 to {MAX_TARGETS} (default 1)",
     )
     environ = dict(os.environ)
     environ.setdefault("FOREMAN_LISTEN", "127.0.0.1:8080")
-    settings = _load(parser, args, environ)
+    namespace = parser.parse_args(args)
+    settings = _settings(namespace, environ)
     logs.configure(settings.log_format, settings.log_level)
-    _run(run_demo(settings))
+
+    def with_targets(urls: str) -> config.Config:
+        # The stand-ins replace whatever targets the environment or flags name.
+        demo_environ = {k: v for k, v in environ.items() if k != "FOREMAN_TARGETS_FILE"}
+        demo_environ["FOREMAN_OLLAMA_URL"] = urls
+        demo_namespace = argparse.Namespace(**vars(namespace))
+        demo_namespace.ollama_url = None
+        if hasattr(demo_namespace, "targets_file"):
+            demo_namespace.targets_file = None
+        return _settings(demo_namespace, demo_environ)
+
+    _run(run_demo(settings, targets=namespace.targets, with_targets=with_targets))
 
 
 def _run_wake(args: list[str]) -> None:

@@ -591,6 +591,78 @@ async def test_demo_prints_a_curl_line_that_works(io_loop) -> None:
         assert "Traceback" not in child.log
 
 
+def curl_answer(out: str) -> tuple[dict[str, str], str]:
+    """Headers (lower-cased names) and body of `curl -i` output."""
+    head, _, body = out.replace("\r\n", "\n").partition("\n\n")
+    headers = {}
+    for line in head.splitlines()[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return headers, body
+
+
+@pytest.mark.timeout(seconds=60)
+async def test_demo_with_two_targets_routes_each_model_to_a_target_that_has_it(http) -> None:
+    # Needs several targets in FOREMAN_OLLAMA_URL (issue 11 of 12's core).
+    port = free_port()
+    argv = CONSOLE_SCRIPT + ["demo", "--targets", "2", "--listen", f"127.0.0.1:{port}"]
+    async with started(argv, child_env()) as child:
+        banner = [line.strip() for line in child.stdout + child.stderr]
+        targets = {}
+        for line in banner:
+            if line.startswith("target "):
+                name, _, models = line.removeprefix("target ").partition(": ")
+                targets[name] = models.split(", ")
+        assert len(targets) == 2, child.log
+        first, second = targets
+        assert "llama3.2:latest" in targets[first] and "llama3.2:latest" in targets[second]
+        only_first = set(targets[first]) - set(targets[second])
+        only_second = set(targets[second]) - set(targets[first])
+        assert only_first and only_second, targets
+
+        # Both inventories polled: /healthz names both targets, all reachable.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + DEADLINE
+        while True:
+            health = json.loads((await fetch(http, child.url + "/healthz")).body)
+            polled = [t for t in health.get("targets", []) if t.get("last_poll")]
+            if health.get("status") == "ok" and len(polled) == 2:
+                break
+            assert loop.time() < deadline, health
+            await asyncio.sleep(0.05)
+        assert {t["name"] for t in health["targets"]} == set(targets)
+
+        curl_lines = [line for line in banner if line.startswith("curl ")]
+        tags_lines = [line for line in curl_lines if line.endswith("/api/tags")]
+        assert len(tags_lines) == 1, child.log
+        env = {k: v for k, v in child_env().items() if "proxy" not in k.lower()}
+        code, out, err = await run(["sh", "-c", tags_lines[0]], env)
+        assert code == 0, err
+        listed = [model["name"] for model in json.loads(out)["models"]]
+        assert sorted(listed) == sorted(set(targets[first]) | set(targets[second]))
+
+        chat_lines = [line for line in curl_lines if "/api/chat" in line]
+        assert len(chat_lines) == 3, child.log
+        for line in chat_lines:
+            code, out, err = await run(["sh", "-c", line], env)
+            assert code == 0, err
+            headers, body = curl_answer(out)
+            lines = ndjson(body.encode())
+            assert lines[-1]["done"] is True, out
+            served_by = headers["x-foreman-target"]
+            model = json.loads(line.partition(" -d ")[2].strip("'"))["model"]
+            if model in only_first:
+                assert served_by == first, (model, served_by)
+            elif model in only_second:
+                assert served_by == second, (model, served_by)
+            else:
+                assert served_by in targets, (model, served_by)
+
+        child.send(signal.SIGTERM)
+        assert await child.wait_exit() == 0
+        assert "Traceback" not in child.log
+
+
 @pytest.mark.timeout(seconds=60)
 async def test_stub_command_serves_tags_until_sigterm(http) -> None:
     port = free_port()
