@@ -9,7 +9,7 @@ them current.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from prometheus_client import (
@@ -155,8 +155,8 @@ class Metrics:
         names = set()
         for machine in machines:
             names.add(machine.name)
-            self._target_in_flight.labels(machine.name).set_function(lambda m=machine: m.in_flight)
-            self._target_reachable.labels(machine.name).set_function(lambda m=machine: int(m.reachable))
+            self._target_in_flight.labels(machine.name).set_function(_in_flight_of(machine))
+            self._target_reachable.labels(machine.name).set_function(_reachable_of(machine))
         self._target_names = frozenset(names)
 
     def name_clients(self, names: frozenset[str]) -> None:
@@ -168,3 +168,11 @@ class Metrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def _in_flight_of(machine: Machine) -> Callable[[], float]:
+    return lambda: machine.in_flight
+
+
+def _reachable_of(machine: Machine) -> Callable[[], float]:
+    return lambda: int(machine.reachable)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import logging
 import resource
@@ -52,6 +53,10 @@ def listening_urls(sockets: list[socket.socket]) -> list[str]:
         host, port = sock.getsockname()[:2]
         urls.append(f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}")
     return urls
+
+
+def _stop_waking(waker: Waker, reachable: bool) -> None:
+    waker.stop(outage_over=reachable)
 
 
 def client_names(config: Config) -> frozenset[str]:
@@ -109,7 +114,7 @@ class Foreman:
                 waker = Waker(spec.wake_mac, spec.wake_address, needed=lambda: queue.stalled)
                 # Requests wait for an unreachable target: wake it, until it answers.
                 queue.on_pause(waker.start)
-                queue.on_resume(lambda reachable, waker=waker: waker.stop(outage_over=reachable))
+                queue.on_resume(functools.partial(_stop_waking, waker))
             machine.waker = waker
         self.waker: Waker | None = first.waker
         self.tokens = TokenSet(inbound_tokens(config), config.token_clients)

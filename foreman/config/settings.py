@@ -22,6 +22,7 @@ from foreman.config.declare import (
     settings_of,
 )
 from foreman.config.readers import DEFAULT_OLLAMA_URL, ConfigError
+from foreman.config.targets_file import TargetEntry, TargetSpec
 from foreman.config.tokens_files import TokenFields
 from foreman.config.values import strip_userinfo
 
@@ -252,7 +253,7 @@ class Config:
         "FOREMAN_OLLAMA_TOKEN and the wake settings fill the keys left out); "
         "instead of FOREMAN_OLLAMA_URL.",
     )
-    target_entries: tuple[targets_file.TargetEntry, ...] = filled_by("targets_file")
+    target_entries: tuple[TargetEntry, ...] = filled_by("targets_file")
 
     def __post_init__(self) -> None:
         # Each file is consistent on its own; a token or a name in both must
@@ -273,7 +274,7 @@ class Config:
         return ", ".join(spec.display_url for spec in self.target_specs)
 
     @property
-    def target_specs(self) -> tuple[targets_file.TargetSpec, ...]:
+    def target_specs(self) -> tuple[TargetSpec, ...]:
         """Every target, each key the file left out filled from the FOREMAN_* settings."""
         if self.target_entries:
             return tuple(
