@@ -119,12 +119,7 @@ async def run_big_body(s: Settings, source: Source) -> dict:
         timeline.mark("closed")
         timeline.window = AFTER
         await asyncio.sleep(cfg.settle)
-        out["rss_end"] = procs.rss_kib([pid])
-        out["fds_end"] = procs.open_fds(pid)
-        out["hwm_rss"] = procs.peak_rss_kib([pid])
-        out["probes_unfinished"] = await watch.stop()
-        out["probes"] = watch.probes
-        out["exit_after_sigterm"] = await soak_foreman.sigterm_exit(child, s.sigterm_wait)
+        await soak_foreman.final_readings(out, child, watch, s.sigterm_wait)
     finally:
         for h in holders:
             h.close()

@@ -91,6 +91,18 @@ async def sigterm_exit(child: procs.Child, wait: float) -> float | None:
     return None
 
 
+async def final_readings(out: dict, child: procs.Child, watch, sigterm_wait: float) -> None:
+    """What every fault phase reads once its clients are gone: RSS, fds, the
+    whole-life peak, the probes of other clients, and how fast SIGTERM ends it."""
+    pid = child.pid
+    out["rss_end"] = procs.rss_kib([pid])
+    out["fds_end"] = procs.open_fds(pid)
+    out["hwm_rss"] = procs.peak_rss_kib([pid])
+    out["probes_unfinished"] = await watch.stop()
+    out["probes"] = watch.probes
+    out["exit_after_sigterm"] = await sigterm_exit(child, sigterm_wait)
+
+
 # ---------------------------------------------------------------- report
 
 

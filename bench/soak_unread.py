@@ -102,12 +102,7 @@ async def run_unread(s: Settings, source: Source) -> dict:
         timeline.mark("closed")
         timeline.window = WINDOWS[1]
         await asyncio.sleep(cfg.settle)
-        out["rss_end"] = procs.rss_kib([pid])
-        out["fds_end"] = procs.open_fds(pid)
-        out["hwm_rss"] = procs.peak_rss_kib([pid])
-        out["probes_unfinished"] = await watch.stop()
-        out["probes"] = watch.probes
-        out["exit_after_sigterm"] = await soak_foreman.sigterm_exit(child, s.sigterm_wait)
+        await soak_foreman.final_readings(out, child, watch, s.sigterm_wait)
     finally:
         for c in clients:
             c.close()

@@ -64,13 +64,8 @@ async def run_upload_cut(s: Settings, source: Source) -> dict:
         timeline.window = WINDOWS[1]
         out["fds_rounds_over"] = procs.open_fds(pid)
         await asyncio.sleep(cfg.settle)
-        out["rss_end"] = procs.rss_kib([pid])
-        out["fds_end"] = procs.open_fds(pid)
-        out["hwm_rss"] = procs.peak_rss_kib([pid])
         out["queue_end"] = watch.sampler.queue_now()
-        out["probes_unfinished"] = await watch.stop()
-        out["probes"] = watch.probes
-        out["exit_after_sigterm"] = await soak_foreman.sigterm_exit(child, s.sigterm_wait)
+        await soak_foreman.final_readings(out, child, watch, s.sigterm_wait)
     finally:
         for upload in uploads:
             upload.close()
