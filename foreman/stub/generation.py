@@ -84,14 +84,10 @@ class GenerateHandler(RunHandler):
     started_counter = "generates_started"
 
     async def run(self) -> None:
-        parsed = self.parse_body()
+        parsed = self.parse_prompt()
         if parsed is None:
             return
-        body, requested = parsed
-        prompt = body.get("prompt")
-        if prompt is not None and not isinstance(prompt, str):
-            self.fail(400, "prompt must be a string")
-            return
+        body, requested, prompt = parsed
         unloading = not prompt and body.get("keep_alive") in (0, "0", "0s", "0m")
         name = await self.admit(requested, load=not unloading)  # Ollama unloads without a load
         if name is None:
@@ -165,14 +161,10 @@ class EmbeddingsHandler(EmbedHandler):
     """POST /api/embeddings (legacy): one ``prompt`` to ``{"embedding": [...]}``."""
 
     async def run(self) -> None:
-        parsed = self.parse_body()
+        parsed = self.parse_prompt()
         if parsed is None:
             return
-        body, requested = parsed
-        prompt = body.get("prompt")
-        if prompt is not None and not isinstance(prompt, str):
-            self.fail(400, "prompt must be a string")
-            return
+        body, requested, prompt = parsed
         if await self.admit(requested) is None:
             return
         vector = embedding_for(prompt) if prompt else []  # no prompt only loads the model

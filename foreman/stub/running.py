@@ -121,6 +121,18 @@ class RunHandler(StubHandler):
             return None
         return body, model
 
+    def parse_prompt(self) -> tuple[dict[str, Any], str, str | None] | None:
+        """`parse_body` and the body's optional ``prompt``; None after answering 400."""
+        parsed = self.parse_body()
+        if parsed is None:
+            return None
+        body, requested = parsed
+        prompt = body.get("prompt")
+        if prompt is not None and not isinstance(prompt, str):
+            self.fail(400, "prompt must be a string")
+            return None
+        return body, requested, prompt
+
     async def admit(self, requested: str, *, load: bool = True) -> str | None:
         """Resolve, wait out `hold`, apply `chat_status`, take the model; None once answered.
 

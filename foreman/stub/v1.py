@@ -169,14 +169,10 @@ class CompletionsHandler(V1RunHandler):
     """POST /v1/completions (legacy, prompt-based)."""
 
     async def run(self) -> None:
-        parsed = self.parse_body()
+        parsed = self.parse_prompt()
         if parsed is None:
             return
-        body, requested = parsed
-        prompt = body.get("prompt")
-        if prompt is not None and not isinstance(prompt, str):
-            self.fail(400, "prompt must be a string")
-            return
+        body, requested, prompt = parsed
         if await self.admit(requested) is None:
             return
         if prompt:
