@@ -255,6 +255,10 @@ def _count(text: str) -> int:
     return int(text)
 
 
+# Home, then clear the screen: --watch redraws in place on a terminal.
+_CLEAR = "\x1b[H\x1b[2J"
+
+
 def _run_status(args: list[str]) -> None:
     from foreman.status import terminal
 
@@ -277,7 +281,7 @@ def _run_status(args: list[str]) -> None:
     if isinstance(sys.stdout, io.TextIOWrapper):
         sys.stdout.reconfigure(errors="replace")  # a name the terminal's encoding lacks
 
-    def text(document: dict[str, object]) -> str:
+    def page_of(document: dict[str, object]) -> str:
         if namespace.json:
             # ASCII escapes: a control character in a name stays inert here too.
             return json.dumps(document, indent=2)
@@ -289,15 +293,15 @@ def _run_status(args: list[str]) -> None:
         # Ctrl-C ends the watch (exit 0) even where SIGINT came ignored.
         signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        shown = 0
+        refreshes = 0
         while True:
-            page = text(terminal.fetch_status(url, token or None))
+            page = page_of(terminal.fetch_status(url, token or None))
             if namespace.watch and tty:
                 page = _CLEAR + page
-            elif shown:
+            elif refreshes:
                 page = "\n" + page  # one refresh after another, a blank line between
             print(page, flush=True)
-            shown += 1
+            refreshes += 1
             if not namespace.watch:
                 return
             time.sleep(namespace.interval)
@@ -308,10 +312,6 @@ def _run_status(args: list[str]) -> None:
         # The reader went away (`| head`): stop quietly, and keep Python's
         # exit-time flush of stdout from failing again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-
-
-# Home, then clear the screen: --watch redraws in place on a terminal.
-_CLEAR = "\x1b[H\x1b[2J"
 
 
 def _run(coroutine: object) -> None:

@@ -35,7 +35,9 @@ MAX_BODY = 8 * 1024 * 1024
 # Of an error answer, enough for Ollama's {"error": "..."} sentence.
 MAX_ERROR_BODY = 64 * 1024
 ERROR_TEXT_LIMIT = 200
-_SECTIONS = ("foreman", "queue", "targets", "clients", "in_flight", "recent")
+# What a document must hold to be foreman's status document at all.
+_OBJECTS = ("foreman", "queue")
+_LISTS = ("targets", "clients", "in_flight", "recent")
 
 
 class StatusUnavailable(Exception):
@@ -130,6 +132,8 @@ def _why(reason: object, where: str, timeout: float) -> str:
         return f"no answer within {timeout:g} s"
     if isinstance(reason, http.client.RemoteDisconnected):
         return "the connection closed without an answer"
+    if isinstance(reason, http.client.IncompleteRead):
+        return "the answer was cut off"
     if isinstance(reason, http.client.HTTPException):
         return "the answer is not HTTP"
     if isinstance(reason, OSError):
@@ -161,7 +165,7 @@ def _error_text(error: urllib.error.HTTPError) -> str:
     try:
         body = error.read(MAX_ERROR_BODY)
         said = json.loads(body).get("error")
-    except (OSError, http.client.HTTPException, ValueError, AttributeError):
+    except (OSError, http.client.HTTPException, ValueError, RecursionError, AttributeError):
         return ""
     if not isinstance(said, str):
         return ""
@@ -173,12 +177,12 @@ def _document(where: str, body: bytes) -> dict[str, Any]:
         raise StatusUnavailable(f"{where} answered more than {MAX_BODY // 2**20} MiB: not foreman's status document")
     try:
         document = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested past Python's limit
         raise StatusUnavailable(f"{where} answered, but not with JSON: is it a foreman?") from None
     if not (
         isinstance(document, dict)
-        and all(isinstance(document.get(k), dict) for k in _SECTIONS[:2])
-        and all(isinstance(document.get(k), list) for k in _SECTIONS[2:])
+        and all(isinstance(document.get(k), dict) for k in _OBJECTS)
+        and all(isinstance(document.get(k), list) for k in _LISTS)
     ):
         raise StatusUnavailable(f"{where} answered JSON, but not foreman's status document")
     return document
@@ -328,7 +332,7 @@ def _until(expires: datetime, now: datetime | None) -> str:
         local = expires.astimezone()
     except (OverflowError, OSError):
         return NOTHING
-    if now is not None and expires - now > timedelta(hours=23):
+    if now is None or abs(expires - now) > timedelta(hours=23):
         return f"until {local:%Y-%m-%d %H:%M}"
     return f"until {local:%H:%M:%S}"
 
@@ -469,7 +473,11 @@ def _records(value: object) -> list[dict[str, Any]]:
 def _number(value: object) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    return float(value) if value == value and abs(value) != float("inf") else None
+    try:
+        number = float(value)
+    except OverflowError:  # an integer past a float's range
+        return None
+    return number if number == number and abs(number) != float("inf") else None
 
 
 def _count(value: object) -> str:
@@ -481,7 +489,8 @@ def _text(value: object, limit: int = _CELL) -> str:
     """A string from the document, escaped and cut to `limit` characters; "-" if absent."""
     if value is None:
         return NOTHING
-    return _cut(escaped(value if isinstance(value, str) else json.dumps(value)), limit)
+    text = value if isinstance(value, str) else json.dumps(value)
+    return _cut(escaped(text[: limit * 2]), limit)
 
 
 def _time(value: object) -> datetime | None:
