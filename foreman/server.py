@@ -23,7 +23,7 @@ from foreman.config import Config, ConfigError
 from foreman.metrics import Metrics
 from foreman.notify import notify
 from foreman.services import Services
-from foreman.status.ledger import Ledger
+from foreman.ledger import Ledger
 from foreman.queue import FairQueue
 from foreman.targets import Machine, Targets
 from foreman.wake import Waker
