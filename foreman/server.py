@@ -12,6 +12,7 @@ import socket
 from collections.abc import Callable
 
 from tornado.httpserver import HTTPServer
+from tornado.ioloop import PeriodicCallback
 from tornado.netutil import bind_sockets
 
 from foreman.accept import Acceptor
@@ -33,6 +34,9 @@ log = logging.getLogger("foreman.server")
 _LOOPBACK_HOSTS = {"127.0.0.1", "::1", "localhost"}
 # Ollama's clients send a few hundred bytes of headers; this is generous.
 MAX_HEADER_SIZE = 64 << 10
+# How often the status page's history reads the queue's depth: a queue that
+# stands through a minute without a request joining still shows in it.
+DEPTH_SAMPLE_INTERVAL = 1.0
 # After the grace period, how long ended requests get to send their error.
 _STRAGGLER_GRACE = 2.0
 
@@ -134,6 +138,7 @@ class Foreman:
             self.waker, self.targets, self.ledger,
         )
         self.app = make_app(self.services)
+        self._depth_sampler = PeriodicCallback(self._sample_depth, DEPTH_SAMPLE_INTERVAL * 1000)
         self.server = HTTPServer(
             self.app,
             # Tornado waits an hour for a request head and forever for a body:
@@ -162,8 +167,12 @@ class Foreman:
         self.acceptor = Acceptor(self.server, sockets)
         self.acceptor.start()
         self.urls = listening_urls(sockets)
+        self._depth_sampler.start()
         polls = [machine.inventory.start() for machine in self.targets.machines]
         self.first_poll = polls[0] if len(polls) == 1 else asyncio.ensure_future(_all_polled(polls))
+
+    def _sample_depth(self) -> None:
+        self.services.ledger.note_depth(self.queue.waiting)
 
     def reload_tokens(self, load: Callable[[], Config]) -> None:
         """Re-read the tokens (files included); a bad file keeps the current ones."""
@@ -191,6 +200,7 @@ class Foreman:
         """
         if self.acceptor is not None:
             self.acceptor.stop()
+        self._depth_sampler.stop()
         self.activity.draining = True
         self.queue.close()
         for machine in self.targets.machines:

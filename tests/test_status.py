@@ -12,10 +12,12 @@ import datetime
 import json
 import logging
 import socket
+import time
 
 import pytest
 
 from foreman.handlers import routes
+from foreman.ledger import Ledger
 from foreman.stub.server import ROUTES
 from tests.helpers import StreamReader, raw_post, until
 
@@ -275,3 +277,22 @@ def test_foremans_own_routes_never_take_a_path_ollama_serves() -> None:
             assert pattern in ("/foreman", "/foreman/status", "/foreman/([^/]*)")
         else:
             assert pattern in ("/healthz", "/metrics", "/") or pattern.startswith(("/api/", "/v1/")), pattern
+
+
+async def test_a_queue_that_stands_through_a_minute_shows_in_that_minute(start_foreman, stub, monkeypatch) -> None:
+    monkeypatch.setattr("foreman.server.DEPTH_SAMPLE_INTERVAL", 0.02)
+    front = start_foreman(FOREMAN_CONCURRENCY="1")
+    await front.ready()
+    stub.hold = asyncio.Event()
+    http = front.client()
+    answers = [
+        http.fetch(front.url + "/api/chat", method="POST", body=json.dumps(chat(stream=False)), raise_error=False)
+        for _ in range(3)
+    ]
+    await until(lambda: front.foreman.queue.waiting == 2)
+    # An hour on, in a minute no request joined the queue in, it still stands.
+    later = Ledger(clock=lambda: time.time() + 3600)
+    front.foreman.services.ledger = later
+    await until(lambda: later.history()[-1][1].queue_depth == 2)
+    stub.hold.set()
+    assert [a.code for a in await asyncio.gather(*answers)] == [200, 200, 200]
