@@ -5,9 +5,14 @@ from __future__ import annotations
 import asyncio
 from typing import Protocol
 
+from foreman.record import RequestRecord
+
 
 class InFlight(Protocol):
     """A request being served, which a drain can end when its grace is over."""
+
+    #: what the request is and has done so far (the status page shows it)
+    record: RequestRecord
 
     def cut_for_shutdown(self) -> None: ...
 

@@ -36,6 +36,9 @@ class TokenSet:
         other token is named by a short hash of it, with weight 1.
         """
         named = named or {}
+        tokens = list(tokens)
+        #: the clients a tokens file names or weighs (the status page lists them even when idle)
+        self.named_clients = tuple(dict.fromkeys(named[t] for t in tokens if t in named))
         # One tuple, swapped whole: a request is identified by the old set or the new.
         self._tokens = tuple((t.encode(), named.get(t) or token_client(t)) for t in tokens)
 

@@ -81,3 +81,15 @@ def plain(name: str) -> bool:
     if any(segment in ("", ".", "..") for segment in name.split("/")):
         return False
     return parse(name) is not None
+
+
+def short(name: str) -> str:
+    """`name` as Ollama lists it: without its default host and namespace (`llama3.2:latest`)."""
+    parts = parse(name)
+    if parts is None:
+        return name
+    if parts.host != DEFAULT_HOST:
+        return f"{parts.host}/{parts.namespace}/{parts.model}:{parts.tag}"
+    if parts.namespace != DEFAULT_NAMESPACE:
+        return f"{parts.namespace}/{parts.model}:{parts.tag}"
+    return f"{parts.model}:{parts.tag}"

@@ -28,6 +28,11 @@ class RequestRecord:
     first_byte: float | None = None
     #: bytes of a relayed answer passed to the client
     relayed_bytes: int | None = None
+    #: when it was sent to a target (None while it waits for one)
+    sent: float | None = None
+    #: bytes and chunks of the answer passed on so far, counted as they go (the status page)
+    streamed_bytes: int = 0
+    streamed_chunks: int = 0
     #: the target's eval_count and eval_duration, from a final chunk
     eval_count: int | None = None
     eval_duration: int | None = None

@@ -246,6 +246,10 @@ class FairScheduler(Generic[Item]):
         state = self._clients.get(client)
         return len(state.waiting) if state else 0
 
+    def waiting_by_client(self) -> dict[str, tuple[float, int]]:
+        """(weight, requests waiting) of each client with a request waiting."""
+        return {name: (s.weight, len(s.waiting)) for name, s in self._clients.items() if s.waiting}
+
     def service_of(self, client: str) -> tuple[float, int]:
         """Seconds of service and requests finished for `client` since it was last forgotten."""
         state = self._clients.get(client)

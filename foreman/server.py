@@ -23,6 +23,7 @@ from foreman.config import Config, ConfigError
 from foreman.metrics import Metrics
 from foreman.notify import notify
 from foreman.services import Services
+from foreman.status.ledger import Ledger
 from foreman.queue import FairQueue
 from foreman.targets import Machine, Targets
 from foreman.wake import Waker
@@ -123,6 +124,7 @@ class Foreman:
         self.metrics.name_clients(client_names(config))
         self.metrics.name_targets(self.targets.machines)
         self.memory = MemoryBudget(config.max_body_memory)
+        self.ledger = Ledger()
         for machine in self.targets.machines:
             if machine.waker is not None:
                 machine.waker.on_sent(self.metrics.wake_packets.inc)
@@ -130,7 +132,7 @@ class Foreman:
             Services(
                 config, self.target, self.inventory, self.activity, self.queue,
                 self.tokens, self.admins, self.metrics, FailedAuthLog(), self.memory,
-                self.waker, self.targets,
+                self.waker, self.targets, self.ledger,
             )
         )
         self.server = HTTPServer(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from foreman.activity import Activity
 from foreman.auth import FailedAuthLog, TokenSet
@@ -11,6 +11,7 @@ from foreman.config import Config
 from foreman.inventory import Inventory
 from foreman.metrics import Metrics
 from foreman.queue import FairQueue
+from foreman.status.ledger import Ledger
 from foreman.target import Target
 from foreman.targets import Targets
 from foreman.wake import Waker
@@ -35,3 +36,5 @@ class Services:
     waker: Waker | None = None
     #: every target (one, or several); `target`, `inventory` and `waker` are the first one's
     targets: Targets | None = None
+    #: what finished requests leave for the status page
+    ledger: Ledger = field(default_factory=Ledger)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from foreman.handlers import generation, health, manage, metrics, models, openai, server_info
+from foreman.handlers import generation, health, manage, metrics, models, openai, server_info, status
 from foreman.handlers.base import BaseHandler, NotFoundHandler
 
 routes: list[tuple[str, type[BaseHandler]]] = [
     *health.routes,
     *metrics.routes,
+    *status.routes,
     *server_info.routes,
     *models.routes,
     *generation.routes,

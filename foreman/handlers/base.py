@@ -24,6 +24,8 @@ JSON = "application/json; charset=utf-8"
 RETRY_AFTER_UNREACHABLE = 5
 # For answers after which the connection cannot be trusted (or is going away).
 _CLOSE = {"Connection": "close"}
+#: the status of a request whose client left before its answer was complete (as nginx logs it)
+CLIENT_LEFT = 499
 # How long a client is told to wait when foreman's memory for bodies is taken.
 RETRY_AFTER_MEMORY = 1
 
@@ -77,6 +79,8 @@ class BaseHandler(tornado.web.RequestHandler):
         self.client: Client = address_client(request.remote_ip)
         #: finish() has been called: the answer is decided
         self.answered = False
+        #: the client went away before its answer was complete
+        self.client_left = False
         self._counted = False
         self._body_parts: list[bytes] = []
         self._body_size = 0
@@ -234,7 +238,7 @@ class BaseHandler(tornado.web.RequestHandler):
         if not self.answered:
             self.answered = True
             # Tornado logs the request inside finish(): the record must be complete first.
-            self.record.finish(self.get_status())
+            self.record.finish(CLIENT_LEFT if self.client_left else self.get_status())
         written = super().finish(chunk)
         if written.done():
             self.memory.release()
@@ -266,6 +270,8 @@ class BaseHandler(tornado.web.RequestHandler):
         written.add_done_callback(delivered)
 
     def on_connection_close(self) -> None:
+        if not self.answered:
+            self.client_left = True
         if self.request is not None:  # None once the request is over (see _request_over)
             # Fails Tornado's wait for the rest of a streamed body; without it a
             # client leaving mid-body leaves its handler waiting forever.
@@ -279,6 +285,7 @@ class BaseHandler(tornado.web.RequestHandler):
     def on_finish(self) -> None:
         self._stop_counting()
         self.services.metrics.observe(self.record)
+        self.services.ledger.observe(self.record)
         # The answer is decided: the body has served its purpose.
         self._body_parts = []
 

@@ -2,16 +2,9 @@
 
 from __future__ import annotations
 
-import datetime
-
 from foreman.handlers.base import BaseHandler
 from foreman.targets import Targets
-
-
-def rfc3339(moment: datetime.datetime | None) -> str | None:
-    if moment is None:
-        return None
-    return moment.astimezone(datetime.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+from foreman.timestamps import rfc3339
 
 
 class HealthHandler(BaseHandler):

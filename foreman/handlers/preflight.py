@@ -79,4 +79,6 @@ def preflight_rules(
             {"services": services, "route": PREFLIGHT_ROUTE, "served_by": handler},
         )
         for pattern, handler in routes
+        # Foreman's own pages are same-origin: nothing of a target's policy applies.
+        if not getattr(handler, "answers_preflights", False)
     ]

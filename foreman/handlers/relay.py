@@ -53,6 +53,8 @@ class RelayHandler(BaseHandler):
     def lose_client(self) -> None:
         """The client cannot take the answer any more: stop asking the target for it."""
         self._client_gone = True
+        if not self.answered:
+            self.client_left = True
         if self._upstream is not None:
             self._upstream.close()
 
@@ -79,6 +81,7 @@ class RelayHandler(BaseHandler):
             status = 429 if isinstance(e, ClientQueueFull) else 503
             self.fail(ForemanError(status, str(e), {"Retry-After": str(e.retry_after)}))
             return
+        self.services.ledger.note_depth(queue.waiting)
         try:
             while True:
                 try:
@@ -106,7 +109,7 @@ class RelayHandler(BaseHandler):
                     queue.done(ticket, time.monotonic() - started)
                     return
                 # Nothing reached a model: keep the place and wait the outage out.
-                record.dispatched = None
+                record.dispatched = record.sent = None
                 log.info("target unreachable; request from %s waits for it: %s", self.client_id, unreachable)
                 queue.unreachable(ticket, str(unreachable))
         finally:
@@ -159,6 +162,7 @@ class RelayHandler(BaseHandler):
         if machine is not None:
             self.set_header("X-Foreman-Target", machine.name)
             self.record.target = machine.name
+        self.record.sent = time.monotonic()
         upstream = self._upstream = Upstream()
         # The target answering at all proves it is back: resume the queue then,
         # not when this (possibly minutes-long) answer ends.
@@ -220,7 +224,7 @@ class RelayHandler(BaseHandler):
         self, error: TargetError, sink: ClientSink, method: str, path: str, status: int = 502
     ) -> None:
         """Answer a relay that failed: an error line if the answer had begun, else an error."""
-        self.record.relayed_bytes = sink.sent_bytes
+        self.record.relayed_bytes = self.record.streamed_bytes
         if self._client_gone or self._connection_closed():
             return
         if sink.sent:

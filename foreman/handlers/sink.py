@@ -62,8 +62,8 @@ class ClientSink:
         self.media_type = ""
         #: the target answered with a web page, not Ollama's API
         self.not_ollama = False
-        #: bytes of the answer passed to the client so far
-        self.sent_bytes = 0
+        # What ends one chunk of a stream: a line, or an event of server-sent events.
+        self._chunk_end = b"\n"
         # The last two pieces that went out: a final chunk's stats are read from them.
         self._before_last = self._last = b""
 
@@ -79,6 +79,8 @@ class ClientSink:
             if name.lower() == "content-type":
                 content_type = value
         media_type = self.media_type = content_type.partition(";")[0].strip().lower()
+        if media_type == "text/event-stream":
+            self._chunk_end = b"\n\n"
         if media_type in _WHOLE_DOCUMENT_TYPES:
             self._held = []
         elif media_type == "text/html" and 200 <= status < 300:
@@ -100,7 +102,10 @@ class ClientSink:
                 return None
             chunk, self._held = b"".join(self._held), None
         self.at_line_start = chunk.endswith(b"\n")
-        self.sent_bytes += len(chunk)
+        record = self._record
+        record.streamed_bytes += len(chunk)
+        # Ollama streams about one token per chunk: what the status page shows as it runs.
+        record.streamed_chunks += chunk.count(self._chunk_end)
         self._before_last, self._last = self._last, chunk
         if self.sent:
             # Status and headers are out and the handler's buffer is empty:
@@ -108,7 +113,7 @@ class ClientSink:
             written = self._connection.write(chunk)
         else:
             self.sent = True
-            self._record.first_byte = time.monotonic()
+            record.first_byte = time.monotonic()
             self._handler.write(chunk)
             written = self._handler.flush()
         if not written.done():
@@ -155,7 +160,7 @@ class ClientSink:
         if self._held and not await self._pass_on_held():
             return
         record = self._record
-        record.relayed_bytes = self.sent_bytes
+        record.relayed_bytes = record.streamed_bytes
         # Only a final chunk carries these; read them without parsing JSON.
         tail = (self._before_last + self._last)[-_TAIL:]
         count, duration = _EVAL_COUNT.search(tail), _EVAL_DURATION.search(tail)
@@ -169,7 +174,7 @@ class ClientSink:
         """Write the held document; False if the client was dropped meanwhile."""
         handler = self._handler
         parts, self._held = self._held or [], None
-        self.sent_bytes += self._held_size
+        self._record.streamed_bytes += self._held_size
         self._before_last, self._last = (parts[-2] if len(parts) > 1 else b""), parts[-1]
         if self._held_size <= _PIECE:
             handler.write(b"".join(parts))  # finish() writes it, within its own deadline
