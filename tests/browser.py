@@ -143,9 +143,10 @@ class Chromium:
         self._reader.cancel()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while self.process.poll() is None and loop.time() < deadline:
+        # Its helpers (zygote, renderers, network service) share its group and
+        # leave after it; whatever is left at the deadline is killed.
+        while loop.time() < deadline and (self.process.poll() is None or any(group_members(self.process.pid))):
             await asyncio.sleep(0.05)
-        # Its helpers (zygote, renderers, network service) share the group.
         _kill_group(self.process)
         shutil.rmtree(self.profile, ignore_errors=True)
 

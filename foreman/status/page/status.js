@@ -12,6 +12,8 @@
   const SVG_NS = "http://www.w3.org/2000/svg";
   const CHART_WIDTH = 600;
   const CHART_HEIGHT = 120;
+  // The document keeps the last hundred; a glance needs the newest few.
+  const RECENT_SHOWN = 20;
 
   const byId = (id) => document.getElementById(id);
   const page = {
@@ -27,6 +29,7 @@
     running: byId("running").tBodies[0],
     recent: byId("recent").tBodies[0],
     charts: byId("charts"),
+    more: byId("recent-more"),
   };
 
   let timer = null;
@@ -35,6 +38,8 @@
   // Where sessionStorage is refused (some private modes), the token lives
   // in this tab's memory only; it is never put anywhere longer-lived.
   let token_in_memory = null;
+  let show_all_recent = false;
+  let last_doc = null;
 
   // --- the token ---------------------------------------------------------
 
@@ -146,6 +151,8 @@
 
   function clearData() {
     shown_at = null;
+    last_doc = null;
+    page.more.hidden = true;
     page.main.hidden = true;
     page.main.classList.remove("stale");
     page.summary.replaceChildren();
@@ -163,6 +170,11 @@
     page.form.hidden = true;
     setState("loading");
     poll();
+  });
+
+  page.more.addEventListener("click", () => {
+    show_all_recent = !show_all_recent;
+    if (last_doc) showRecent(list(last_doc.recent));
   });
 
   page.forget.addEventListener("click", () => {
@@ -252,6 +264,7 @@
 
   function show(doc) {
     const about = doc.foreman || {};
+    last_doc = doc;
     shown_at = about.now || new Date().toISOString();
     setState("ok");
     page.form.hidden = true;
@@ -338,8 +351,8 @@
   function expires(at, now) {
     if (!at) return null;
     const left = (Date.parse(at) - Date.parse(now || new Date().toISOString())) / 1000;
-    if (!Number.isFinite(left)) return null;
-    if (left <= 0) return "unloading";
+    // Past its expiry, a model is on its way out: nothing useful to add.
+    if (!Number.isFinite(left) || left <= 0) return null;
     // Ollama reports "keep loaded forever" as an expiry centuries away.
     if (left > 7 * 86400) return "kept loaded";
     return "unloads in " + duration(left);
@@ -380,7 +393,10 @@
 
   function showRecent(recent) {
     page.recent.replaceChildren();
-    for (const done of recent) {
+    const shown = show_all_recent ? recent : recent.slice(0, RECENT_SHOWN);
+    page.more.hidden = recent.length <= RECENT_SHOWN;
+    page.more.textContent = show_all_recent ? "Show the last " + RECENT_SHOWN : "Show all " + recent.length;
+    for (const done of shown) {
       const row = element("tr");
       row.dataset.client = done.client;
       addCell(row, "time", clock(done.time));
