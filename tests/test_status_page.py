@@ -318,7 +318,10 @@ def test_the_page_has_no_inline_script_or_style_and_writes_no_markup() -> None:
     assert re.findall(r"<script\b[^>]*>", html) == ['<script src="status.js" defer>']
     assert "<style" not in html and not re.search(r"\sstyle\s*=", html)
     assert not re.search(r"\son[a-z]+\s*=", html)
-    assert not re.search(r"(src|href)=\"(https?:)?//", html)
+    # Nothing from elsewhere: no address in any of the files, no protocol-relative link.
+    for name in ("index.html", "status.js", "status.css"):
+        assert "://" not in (PAGE / name).read_text(), name
+    assert not re.search(r"(src|href)=\"//", html)
     script = (PAGE / "status.js").read_text()
     for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "localStorage"):
         assert sink not in script, sink

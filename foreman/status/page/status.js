@@ -9,7 +9,9 @@
   // A foreman that takes this long to answer is as good as unreachable.
   const ANSWER_TIMEOUT_MS = 10000;
   const TOKEN_KEY = "foreman.token";
-  const SVG_NS = "http://www.w3.org/2000/svg";
+  // The SVG namespace as the HTML parser gave it to the page's template: the
+  // page's files spell out no address at all, not even a namespace.
+  const SVG_NS = document.getElementById("chart-template").content.firstElementChild.namespaceURI;
   const CHART_WIDTH = 600;
   const CHART_HEIGHT = 120;
   // The document keeps the last hundred; a glance needs the newest few.
