@@ -10,7 +10,7 @@ from typing import Any
 
 import tornado.web
 
-from foreman.record import RequestRecord
+from foreman.record import CLIENT_LEFT, RequestRecord
 from foreman.shown import bounded, escaped, shown
 
 access_log = logging.getLogger("foreman.access")
@@ -82,6 +82,9 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
     elif status == 401:
         # Refused tokens are logged, rate-limited, by foreman.auth.
         level = logging.DEBUG
+    elif status == CLIENT_LEFT:
+        # A client hanging up (Ctrl-C, a closed tab) is its own business, not a fault.
+        level = logging.INFO
     elif status >= 500:
         level = logging.ERROR
     elif status >= 400:

@@ -9,6 +9,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+#: the status recorded for a request whose client left before its answer was complete
+#: (never sent: there is no one to send it to; nginx logs the same number)
+CLIENT_LEFT = 499
+
 
 @dataclass(slots=True)
 class RequestRecord:

@@ -23,7 +23,7 @@ from foreman.config import Config, ConfigError
 from foreman.metrics import Metrics
 from foreman.notify import notify
 from foreman.services import Services
-from foreman.status.ledger import Ledger
+from foreman.ledger import Ledger
 from foreman.queue import FairQueue
 from foreman.targets import Machine, Targets
 from foreman.wake import Waker
@@ -128,13 +128,12 @@ class Foreman:
         for machine in self.targets.machines:
             if machine.waker is not None:
                 machine.waker.on_sent(self.metrics.wake_packets.inc)
-        self.app = make_app(
-            Services(
-                config, self.target, self.inventory, self.activity, self.queue,
-                self.tokens, self.admins, self.metrics, FailedAuthLog(), self.memory,
-                self.waker, self.targets, self.ledger,
-            )
+        self.services = Services(
+            config, self.target, self.inventory, self.activity, self.queue,
+            self.tokens, self.admins, self.metrics, FailedAuthLog(), self.memory,
+            self.waker, self.targets, self.ledger,
         )
+        self.app = make_app(self.services)
         self.server = HTTPServer(
             self.app,
             # Tornado waits an hour for a request head and forever for a body:

@@ -11,7 +11,7 @@ from foreman.config import Config
 from foreman.inventory import Inventory
 from foreman.metrics import Metrics
 from foreman.queue import FairQueue
-from foreman.status.ledger import Ledger
+from foreman.ledger import Ledger
 from foreman.target import Target
 from foreman.targets import Targets
 from foreman.wake import Waker

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from foreman.record import RequestRecord
-from foreman.status.ledger import MAX_CLIENTS_PER_MINUTE, MINUTES, OTHER_CLIENTS, RECENT, Ledger
+from foreman.ledger import MAX_CLIENTS_PER_MINUTE, MINUTES, OTHER_CLIENTS, RECENT, Ledger
 
 # A minute boundary, so tests can say which minute a moment falls in.
 T0 = 1_800_000_000.0 - 1_800_000_000.0 % 60

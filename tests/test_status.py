@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import json
+import logging
 import socket
 
 import pytest
@@ -182,8 +183,9 @@ async def test_the_document_says_what_happened_in_a_scripted_workload(start_fore
     assert now["tokens_per_second"] > 0
 
 
-async def test_a_client_that_leaves_mid_stream_is_listed_as_gone(start_foreman, stub) -> None:
-    front = start_foreman()
+async def test_a_client_that_leaves_mid_stream_is_listed_as_gone(start_foreman, stub, caplog) -> None:
+    caplog.set_level(logging.INFO, "foreman.access")
+    front = start_foreman(FOREMAN_METRICS_PUBLIC="1")
     await front.ready()
     gate = stub.pace = Gate(open_lines=2)
     connection = await raw_post(front.url, "/api/chat", chat())
@@ -194,6 +196,11 @@ async def test_a_client_that_leaves_mid_stream_is_listed_as_gone(start_foreman, 
     gate.released.set()
     [gone] = (await status(front))["recent"]
     assert gone["status"] == 499 and gone["client"] == "127.0.0.1" and gone["model"] == "llama3.2"
+    # The log and the metrics say the same; a client hanging up is no warning.
+    [line] = [r for r in caplog.records if r.name == "foreman.access" and "/api/chat" in r.getMessage()]
+    assert " 499 " in line.getMessage() and line.levelno == logging.INFO
+    metrics = (await front.fetch("/metrics")).body.decode()
+    assert 'foreman_requests_total{route="/api/chat",status="499"} 1.0' in metrics
 
 
 async def test_the_document_is_behind_the_api_tokens_like_metrics(start_foreman, stub, tmp_path) -> None:

@@ -14,7 +14,7 @@ from tornado import httputil
 from foreman.clients import Client, address_client
 from foreman.local_hosts import allowed_host, loopback_only
 from foreman.budget import Reservation
-from foreman.record import RequestRecord
+from foreman.record import CLIENT_LEFT, RequestRecord
 from foreman.services import Services
 from foreman.shown import shown
 from foreman.target import TargetError, TargetStatusError, TargetTimeout, TargetUnreachable
@@ -24,8 +24,6 @@ JSON = "application/json; charset=utf-8"
 RETRY_AFTER_UNREACHABLE = 5
 # For answers after which the connection cannot be trusted (or is going away).
 _CLOSE = {"Connection": "close"}
-#: the status of a request whose client left before its answer was complete (as nginx logs it)
-CLIENT_LEFT = 499
 # How long a client is told to wait when foreman's memory for bodies is taken.
 RETRY_AFTER_MEMORY = 1
 

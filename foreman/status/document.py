@@ -19,7 +19,7 @@ from foreman.names import short
 from foreman.record import RequestRecord
 from foreman.services import Services
 from foreman.shown import bounded
-from foreman.status.ledger import Finished
+from foreman.ledger import Finished
 from foreman.targets import Machine
 from foreman.timestamps import rfc3339, rfc3339_epoch
 from foreman.wake import shown_address
