@@ -19,7 +19,6 @@ at the real time. The workload comes from a seeded generator.
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import logging
 import random
@@ -28,14 +27,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from unittest import mock
 
 from tornado.simple_httpclient import SimpleAsyncHTTPClient
 
-import foreman.server
 from foreman import config
+from foreman.ledger import Ledger
 from foreman.server import Foreman
-from foreman.status.ledger import Ledger
 from foreman.stub import StubOllama
 from tests.browser import DESKTOP, Chromium
 
@@ -133,8 +130,9 @@ async def capture(path: Path, viewport: dict = DESKTOP, replayed_minutes: int = 
             "FOREMAN_CONCURRENCY": "1",
             "FOREMAN_POLL_INTERVAL": "1s",
         })
-        with mock.patch.object(foreman.server, "Ledger", functools.partial(Ledger, clock=clock)):
-            front = Foreman(settings)
+        front = Foreman(settings)
+        # Before any request: every handler reads the ledger from the services.
+        front.ledger = front.services.ledger = Ledger(clock=clock)
         front.start()
         chats = _Chats(front.urls[0])
         release = asyncio.Event()
