@@ -25,6 +25,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 CHROMIUM = "/usr/bin/chromium"
@@ -54,6 +55,15 @@ _FLAGS = (
 )
 # Screenshots of a PNG page run to a few MB of base64 in one message.
 _MAX_MESSAGE = 256 * 1024 * 1024
+
+
+def require_chromium() -> None:
+    """Skip, saying so, where chromium is missing; fail in CI, whose .ci/run installs it as root."""
+    if chromium_path() is not None:
+        return
+    if os.environ.get("CI") and os.geteuid() == 0:
+        pytest.fail(f"{NOT_INSTALLED} (.ci/run installs it when run as root: a broken CI)")
+    pytest.skip(NOT_INSTALLED)
 
 
 def chromium_path() -> str | None:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from foreman.clients import Client
-from tests.browser import DESKTOP, NOT_INSTALLED, PHONE, Chromium, chromium_path, group_members
+from tests.browser import DESKTOP, PHONE, Chromium, group_members, require_chromium
 from tests.helpers import until
 from tests.status_screenshot import capture
 
@@ -31,8 +31,7 @@ REFUSED_FETCH = re.compile(r"status of 401 .*/foreman/status$")
 
 @pytest.fixture
 def browser(io_loop, tmp_path):
-    if chromium_path() is None:
-        pytest.skip(NOT_INSTALLED)
+    require_chromium()
     chromium = io_loop.run_sync(lambda: Chromium.start(tmp_path / "chromium"), timeout=90)
     yield chromium
     io_loop.run_sync(chromium.close, timeout=60)
@@ -299,8 +298,7 @@ async def test_an_unreachable_foreman_is_retried_and_the_last_data_marked_stale(
 
 @pytest.mark.timeout(seconds=180)
 async def test_the_readme_screenshot_is_taken_by_the_same_setup(io_loop, tmp_path) -> None:
-    if chromium_path() is None:
-        pytest.skip(NOT_INSTALLED)
+    require_chromium()
     # A shorter hour than README's picture replays; the same code otherwise.
     written = await capture(tmp_path / "status.png", replayed_minutes=10)
     png = written.read_bytes()
