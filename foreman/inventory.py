@@ -67,6 +67,11 @@ class Inventory:
         self._ps: asyncio.Future[None] | None = None
 
     @property
+    def tracks_resident(self) -> bool:
+        """Whether the target's /api/ps is asked (with each poll, and after a load)."""
+        return self._track_resident
+
+    @property
     def model_count(self) -> int:
         return len(self._names)
 

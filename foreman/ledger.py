@@ -1,8 +1,9 @@
 """What finished requests leave behind for the status page: the last hundred, and an hour by the minute.
 
-Only requests that named a model or went to a target are kept (CORS
-preflights aside): the status page's own polling, health checks and
-scrapes would otherwise bury them. Each minute of the last hour keeps a
+Only requests that named a model are kept (every queued request does):
+the status page's own polling, scrapes, CORS preflights and the `GET /`
+or `/api/version` that clients' health checks send every few seconds
+would otherwise bury them. Each minute of the last hour keeps a
 few counts and, per client, the target time and requests; older minutes
 are dropped as new ones begin, so the ledger's size is bounded by the
 hour however busy the machine is.
@@ -30,8 +31,6 @@ MINUTES = 60
 # without bound: past this many clients in one minute, the rest share a row.
 MAX_CLIENTS_PER_MINUTE = 500
 OTHER_CLIENTS = "(others)"
-# The metrics label of CORS preflights (foreman.handlers.preflight).
-_PREFLIGHT_ROUTE = "preflight"
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +80,7 @@ class Ledger:
 
     def observe(self, record: RequestRecord) -> None:
         """A request is over: keep it if it is one people want to see."""
-        if (record.model is None and record.target is None) or record.route == _PREFLIGHT_ROUTE:
+        if record.model is None:
             return
         now = self._clock()
         # The record's times are monotonic: placed on the wall clock from now.

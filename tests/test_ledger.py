@@ -71,15 +71,18 @@ def test_recent_keeps_the_last_hundred_newest_first() -> None:
     assert recent[0].ended == clocks.wall
 
 
-def test_only_requests_for_a_model_or_a_target_are_kept() -> None:
+def test_only_requests_that_named_a_model_or_queued_are_kept() -> None:
     clocks = Clocks()
     ledger = clocks.ledger()
     ledger.observe(finished(clocks, model=None, target=None, route="/foreman/status"))
     ledger.observe(finished(clocks, model=None, target="mac", route="preflight"))
-    assert ledger.recent() == []
+    # Clients' health checks, every few seconds: they would bury the generations.
     ledger.observe(finished(clocks, model=None, target="mac", route="/api/version"))
+    ledger.observe(finished(clocks, model=None, target="mac", route="/"))
+    assert ledger.recent() == []
     ledger.observe(finished(clocks, model="nope", target=None, status=404))
-    assert [r.route for r in ledger.recent()] == ["/api/chat", "/api/version"]
+    ledger.observe(finished(clocks, model="llama3.2", target="mac", route="/api/show"))
+    assert [(r.route, r.status) for r in ledger.recent()] == [("/api/show", 200), ("/api/chat", 404)]
 
 
 def test_a_request_is_placed_on_the_wall_clock_when_it_ended() -> None:

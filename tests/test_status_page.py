@@ -114,7 +114,9 @@ def unexpected_problems(page) -> list[str]:
 
 
 async def test_the_page_shows_targets_clients_the_running_stream_and_charts(start_foreman, stub, browser, tmp_path) -> None:
-    front = start_foreman(FOREMAN_TOKENS_FILE=tokens_file(tmp_path), FOREMAN_CONCURRENCY="1")
+    front = start_foreman(
+        FOREMAN_TOKENS_FILE=tokens_file(tmp_path), FOREMAN_CONCURRENCY="1", FOREMAN_MODEL_AFFINITY="30s"
+    )
     await front.ready()
     work = await hold_the_queue(front, stub)
     page = await open_page(browser, front)
@@ -150,6 +152,9 @@ async def test_the_page_shows_targets_clients_the_running_stream_and_charts(star
     await page.wait_for("document.querySelectorAll('#recent [data-client=\"bob\"]').length === 2")
     await page.wait_for("document.querySelector('#running tr.empty') !== null")
     assert await page.text('#recent [data-client="alice"] .status') == "200"
+    # What the target holds now, with the size its /api/ps gave after the load.
+    held = f'#targets [data-target="{names[0]}"] [data-model="llama3.2:latest"]'
+    await page.wait_for(f"/GB|MB/.test(document.querySelector({json.dumps(held)})?.textContent || '')")
     assert unexpected_problems(page) == []
 
 
@@ -238,6 +243,8 @@ async def test_with_public_metrics_no_token_is_asked(start_foreman, stub, browse
     await page.wait_for("document.querySelector('#targets [data-target]') !== null")
     assert await page.evaluate("document.getElementById('token-form').hidden")
     assert await page.evaluate("document.getElementById('forget-token').hidden")
+    # Model affinity is off here (tests/conftest.py), so foreman does not ask what is loaded.
+    assert "Not known" in await page.text("#targets")
     assert page.problems() == []
 
 
@@ -325,3 +332,18 @@ def test_the_page_has_no_inline_script_or_style_and_writes_no_markup() -> None:
         assert sink not in script, sink
     css = (PAGE / "status.css").read_text()
     assert "@import" not in css and "url(" not in css
+
+
+async def test_a_token_a_browser_cannot_send_is_refused_at_once_not_taken_for_an_outage(start_foreman, stub, browser, tmp_path) -> None:
+    front = start_foreman(FOREMAN_TOKENS_FILE=tokens_file(tmp_path))
+    await front.ready()
+    page = await open_page(browser, front)
+    # A typographic apostrophe, as a phone's keyboard types it: no header can carry it.
+    await give_token(page, "tok\u2019a")
+    await page.wait_for(state_is("refused"))
+    assert "That cannot be a token" in await page.text("#token-form")
+    assert await page.evaluate("!document.getElementById('token-form').hidden")
+    assert await page.evaluate("sessionStorage.getItem('foreman.token')") is None
+    await give_token(page, "tok-a")
+    await page.wait_for(state_is("ok"))
+    assert unexpected_problems(page) == []

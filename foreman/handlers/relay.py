@@ -87,6 +87,7 @@ class RelayHandler(BaseHandler):
                 try:
                     await queue.turn(ticket)
                 except ClientLeft:
+                    record.queue_wait = time.monotonic() - ticket.admitted
                     return
                 except QueueError as e:
                     record.queue_wait = time.monotonic() - ticket.admitted

@@ -33,8 +33,9 @@ _MAX_HELD_DOCUMENT = 64 << 20
 _PIECE = 1 << 20
 # Enough of the end of an answer to hold its final chunk's statistics.
 _TAIL = 2048
-_EVAL_COUNT = re.compile(rb'"eval_count":\s*(\d+)')
-_EVAL_DURATION = re.compile(rb'"eval_duration":\s*(\d+)')
+# Bounded: a target's 400-digit count would overflow what the metrics add it to.
+_EVAL_COUNT = re.compile(rb'"eval_count":\s*(\d{1,15})\b')
+_EVAL_DURATION = re.compile(rb'"eval_duration":\s*(\d{1,18})\b')
 
 
 class ClientSink:

@@ -84,8 +84,11 @@ def _target(services: Services, machine: Machine) -> dict[str, Any]:
         "last_poll": rfc3339(inventory.last_poll),
         "last_error": machine.away_error
         or inventory.last_error
-        or (queue.last_error if paused else None),
+        or (queue.last_error if paused else None)
+        or (None if inventory.polls_tried else "not polled yet"),
         "models": inventory.model_count,
+        # Unknown (null) unless /api/ps is asked: what foreman sent requests
+        # for alone would keep listing models the target has long unloaded.
         "resident": [
             {
                 "name": bounded(short(model.name)),
@@ -94,7 +97,9 @@ def _target(services: Services, machine: Machine) -> dict[str, Any]:
                 "expires_at": model.expires_at,
             }
             for model in inventory.resident.described()
-        ],
+        ]
+        if inventory.tracks_resident
+        else None,
         "in_flight": queue.in_flight if alone else machine.in_flight,
         "concurrency": machine.concurrency,
         "wake": None

@@ -55,7 +55,8 @@ def base_url(text: str) -> str:
     try:
         parts = urlsplit(given)
     except ValueError:  # an unclosed [ of an IPv6 address
-        raise ValueError(f"'{escaped(text)}' is not an address like {DEFAULT_URL}") from None
+        # Not repeated: what could not be split may hold a password.
+        raise ValueError(f"the address is not one like {DEFAULT_URL} (an unclosed '['?)") from None
     if parts.username is not None or parts.password is not None:
         raise ValueError("give the address without a user or password (a token goes in --token)")
     if parts.scheme.lower() not in ("http", "https"):
@@ -282,7 +283,11 @@ def _targets(targets: list[dict[str, Any]], now: datetime | None) -> _Table | st
         if reachable is False:
             notes = _away(target, now)
         else:
-            notes = [_resident(r, now) for r in _records(target.get("resident"))] or ["nothing"]
+            resident = target.get("resident")
+            if resident is None:
+                notes = ["not known (model affinity is off)"]
+            else:
+                notes = [_resident(r, now) for r in _records(resident)] or ["nothing"]
         rows.append([
             _text(target.get("name")),
             state,

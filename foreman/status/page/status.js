@@ -46,11 +46,14 @@
   // --- the token ---------------------------------------------------------
 
   function storedToken() {
+    let token;
     try {
-      return sessionStorage.getItem(TOKEN_KEY);
+      token = sessionStorage.getItem(TOKEN_KEY);
     } catch (error) {
-      return token_in_memory;
+      token = token_in_memory;
     }
+    // One that could never be sent (stored by an older page) is no token at all.
+    return token && sendable(token) ? token : null;
   }
 
   function storeToken(token) {
@@ -59,6 +62,12 @@
     } catch (error) {
       token_in_memory = token;
     }
+  }
+
+  // A bearer token goes in a header: a browser cannot send one with spaces
+  // or characters outside ASCII (it throws, as if foreman were unreachable).
+  function sendable(token) {
+    return /^[\x21-\x7e]+$/.test(token);
   }
 
   function forgetToken() {
@@ -126,13 +135,13 @@
     document.body.dataset.state = state;
   }
 
-  function askForToken(refused) {
+  function askForToken(refused, why) {
     if (refused) forgetToken();
     clearData();
     setState(refused ? "refused" : "needs-token");
-    page.prompt.textContent = refused
+    page.prompt.textContent = why || (refused
       ? "That token was refused. Try another one."
-      : "This foreman needs a token to show its status.";
+      : "This foreman needs a token to show its status.");
     page.message.hidden = true;
     page.forget.hidden = true;
     page.form.hidden = false;
@@ -168,6 +177,11 @@
     const token = page.input.value.trim();
     page.input.value = "";
     if (!token) return;
+    if (!sendable(token)) {
+      askForToken(true, "That cannot be a token: a token is letters, digits and punctuation, "
+        + "without spaces or other characters. Try again.");
+      return;
+    }
     storeToken(token);
     page.form.hidden = true;
     setState("loading");
@@ -310,7 +324,7 @@
       card.append(element("p", "facts", facts.join(" · ")));
       if (target.last_error) card.append(element("p", "error", target.last_error));
       if (target.wake) card.append(wakeLine(target.wake));
-      card.append(residentList(list(target.resident), now));
+      card.append(residentList(target.resident, now));
       return card;
     });
     if (cards.length === 0) cards.push(element("p", "empty", "No targets."));
@@ -326,6 +340,10 @@
   function residentList(resident, now) {
     const box = element("div", "resident");
     box.append(element("h4", null, "In memory"));
+    if (!Array.isArray(resident)) {
+      box.append(element("p", "empty", "Not known: foreman asks the target only while model affinity is on."));
+      return box;
+    }
     if (resident.length === 0) {
       box.append(element("p", "empty", "No model loaded."));
       return box;
