@@ -246,6 +246,9 @@ async def test_the_page_and_its_files_need_no_token_and_run_only_their_own_code(
         assert "default-src 'none'" in policy and "script-src 'self'" in policy
         assert answer.headers["X-Content-Type-Options"] == "nosniff"
         assert b"http://" not in answer.body and b"https://" not in answer.body, f"{path} loads something from elsewhere"
+    head = await front.fetch("/foreman/", method="HEAD")
+    assert head.code == 200 and head.body == b""
+    assert int(head.headers["Content-Length"]) == len((await front.fetch("/foreman/")).body)
     moved = await front.fetch("/foreman", follow_redirects=False)
     assert moved.code == 301 and moved.headers["Location"] == "/foreman/"
     missing = await front.fetch("/foreman/nothing-here")

@@ -71,6 +71,10 @@ class PageHandler(OwnRoute):
         self.set_header("Referrer-Policy", "no-referrer")
         self.finish(page_file(file_name))
 
+    def head(self, name: str) -> None:
+        # Tornado sends a HEAD answer's headers (Content-Length included) without its body.
+        self.get(name)
+
 
 class PageRedirect(OwnRoute):
     """GET /foreman: to the page, whose relative links need the slash."""
