@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -90,6 +91,36 @@ async def raw_post(url: str, path: str, body: dict, headers: dict[str, str] | No
     lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
     await stream.write(("\r\n".join(lines) + "\r\n\r\n").encode() + payload)
     return stream
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (a target that is away, a port to start a child on)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def tokens_file(tmp_path: Path, text: str) -> str:
+    """A tokens file holding `text` (FOREMAN_TOKENS_FILE), in the test's directory."""
+    path = tmp_path / "tokens"
+    path.write_text(text)
+    return str(path)
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+class Gate:
+    """The stand-in's `pace`: lets it send `open_lines` lines of each stream, then holds the rest."""
+
+    def __init__(self, open_lines: int) -> None:
+        self.open_lines = open_lines
+        self.released = asyncio.Event()
+
+    async def __call__(self, index: int) -> None:
+        if index >= self.open_lines:
+            await self.released.wait()
 
 
 async def until(predicate, timeout: float = 10.0) -> None:

@@ -22,7 +22,6 @@ import asyncio
 import json
 import logging
 import random
-import socket
 import sys
 import tempfile
 import time
@@ -35,6 +34,7 @@ from foreman.ledger import Ledger
 from foreman.server import Foreman
 from foreman.stub import StubOllama
 from tests.browser import DESKTOP, Chromium
+from tests.helpers import free_port, until
 
 TOKENS = "tok-alice name=alice weight=2\ntok-bob name=bob\ntok-carol name=carol\n"
 LLAMA, QWEN = "llama3.2:latest", "qwen2.5:0.5b"
@@ -44,17 +44,11 @@ REPLAYED_MINUTES = 54
 MINUTES_A_ROUND = 2
 
 
-def _unused_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _targets_file(directory: Path, studio: str) -> Path:
     path = directory / "targets.toml"
     path.write_text(
         f'[[target]]\nname = "studio"\nurl = "{studio}"\n\n'
-        f'[[target]]\nname = "mini"\nurl = "http://127.0.0.1:{_unused_port()}"\n'
+        f'[[target]]\nname = "mini"\nurl = "http://127.0.0.1:{free_port()}"\n'
     )
     return path
 
@@ -80,14 +74,6 @@ class _Chats:
         return answer
 
 
-async def _until(predicate, timeout: float = 30.0) -> None:
-    async def wait() -> None:
-        while not predicate():
-            await asyncio.sleep(0.02)
-
-    await asyncio.wait_for(wait(), timeout)
-
-
 class _ReplayClock:
     """Wall-clock time, `behind` seconds ago."""
 
@@ -107,7 +93,7 @@ async def _round(foreman_: Foreman, stub: StubOllama, chats: _Chats, rng: random
         token = rng.choice(["tok-alice", "tok-alice", "tok-bob", "tok-carol"])
         model = rng.choice([LLAMA, LLAMA, LLAMA, QWEN])
         answers.append(chats.send(token, model, rng.randint(20, 90), stream=rng.random() < 0.7))
-        await _until(lambda n=len(answers): foreman_.queue.waiting + foreman_.queue.in_flight == n)
+        await until(lambda n=len(answers): foreman_.queue.waiting + foreman_.queue.in_flight == n, timeout=30)
     stub.hold.set()
     await asyncio.gather(*answers)
     stub.hold = None
@@ -152,10 +138,10 @@ async def capture(path: Path, viewport: dict = DESKTOP, replayed_minutes: int = 
 
             stub.pace = pace
             chats.send("tok-alice", LLAMA, 400)
-            await _until(lambda: front.queue.in_flight == 1)
+            await until(lambda: front.queue.in_flight == 1, timeout=30)
             for token, model in [("tok-bob", LLAMA), ("tok-bob", QWEN), ("tok-carol", LLAMA)]:
                 chats.send(token, model, 30)
-            await _until(lambda: front.queue.waiting == 3)
+            await until(lambda: front.queue.waiting == 3, timeout=30)
 
             browser = await Chromium.start(directory / "chromium")
             page = await browser.new_page(viewport)

@@ -10,15 +10,12 @@ import pytest
 import foreman.auth
 from foreman.auth import TokenSet
 from foreman.clients import Client, token_hash_name
+from tests.helpers import bearer
 
 ALICE = Client("alice", 2.0)
 TOKENS = ["alice-token", "bare-token", "third-token"]
 
 CHAT = {"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}], "stream": False}
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 # --- TokenSet.identify ----------------------------------------------------------------

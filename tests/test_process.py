@@ -22,7 +22,7 @@ from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.simple_httpclient import SimpleAsyncHTTPClient
 
 from foreman.config import SETTINGS
-from tests.helpers import BIN, StreamReader, ndjson, subprocess_env
+from tests.helpers import BIN, StreamReader, free_port, ndjson, subprocess_env
 
 # Generous: a loaded CI machine can be slow to start an interpreter.
 DEADLINE = 25.0
@@ -45,12 +45,6 @@ def child_env(**overrides: str) -> dict[str, str]:
     env = subprocess_env()
     env.update(overrides)
     return env
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # --- running a child ------------------------------------------------------------

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers import until
+from tests.helpers import tokens_file, until
 
 LLAMA, QWEN = "llama3.2", "qwen2.5:0.5b"
 
@@ -49,12 +48,6 @@ class Clients:
     async def all_answered(self) -> None:
         answers = await asyncio.gather(*self.sent)
         assert {a.code for a in answers} == {200}
-
-
-def tokens_file(tmp_path: Path, text: str) -> str:
-    path = tmp_path / "tokens"
-    path.write_text(text)
-    return str(path)
 
 
 async def queue_up(front, stub, clients: Clients, plan: list[tuple[str, dict]]) -> None:

@@ -11,7 +11,6 @@ import asyncio
 import datetime
 import json
 import logging
-import socket
 import time
 
 import pytest
@@ -19,27 +18,13 @@ import pytest
 from foreman.handlers import routes
 from foreman.ledger import Ledger
 from foreman.stub.server import ROUTES
-from tests.helpers import StreamReader, raw_post, serve_raw, until
+from tests.helpers import Gate, StreamReader, bearer, free_port, raw_post, serve_raw, tokens_file, until
 
 ALICE, BOB, ADMIN = "tok-alice-5f1e", "tok-bob-77c2", "tok-admin-0a9d"
 LONG_PROMPT = " ".join(f"word{i}" for i in range(40))
 
 
-def closed_port() -> int:
-    """A loopback port nothing listens on: a target that is away."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def tokens_file(tmp_path) -> str:
-    path = tmp_path / "tokens"
-    path.write_text(f"{ALICE} name=alice weight=2\n{BOB} name=bob\n")
-    return str(path)
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
+TOKENS = f"{ALICE} name=alice weight=2\n{BOB} name=bob\n"
 
 
 def chat(stream: bool = True) -> dict:
@@ -63,23 +48,11 @@ def parsed_time(text: str) -> datetime.datetime:
     return datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
-class Gate:
-    """Lets the stand-in send `open_lines` lines of each stream, then holds the rest."""
-
-    def __init__(self, open_lines: int) -> None:
-        self.open_lines = open_lines
-        self.released = asyncio.Event()
-
-    async def __call__(self, index: int) -> None:
-        if index >= self.open_lines:
-            await self.released.wait()
-
-
 async def test_the_document_says_what_happened_in_a_scripted_workload(start_foreman, stub, tmp_path) -> None:
-    away = f"http://127.0.0.1:{closed_port()}"
+    away = f"http://127.0.0.1:{free_port()}"  # a target that is away
     front = start_foreman(
         f"{stub.url},{away}",
-        FOREMAN_TOKENS_FILE=tokens_file(tmp_path),
+        FOREMAN_TOKENS_FILE=tokens_file(tmp_path, TOKENS),
         FOREMAN_ADMIN_TOKENS=ADMIN,
         FOREMAN_CONCURRENCY="1",
         FOREMAN_MODEL_AFFINITY="30s",
@@ -208,7 +181,7 @@ async def test_a_client_that_leaves_mid_stream_is_listed_as_gone(start_foreman, 
 
 
 async def test_the_document_is_behind_the_api_tokens_like_metrics(start_foreman, stub, tmp_path) -> None:
-    front = start_foreman(FOREMAN_TOKENS_FILE=tokens_file(tmp_path))
+    front = start_foreman(FOREMAN_TOKENS_FILE=tokens_file(tmp_path, TOKENS))
     await front.ready()
     refused = await front.fetch("/foreman/status")
     assert refused.code == 401
@@ -217,7 +190,7 @@ async def test_the_document_is_behind_the_api_tokens_like_metrics(start_foreman,
     assert (await front.fetch("/foreman/status", headers=bearer("tok-wrong"))).code == 401
     assert (await front.fetch("/foreman/status", headers=bearer(BOB))).code == 200
 
-    public = start_foreman(FOREMAN_TOKENS_FILE=tokens_file(tmp_path), FOREMAN_METRICS_PUBLIC="1")
+    public = start_foreman(FOREMAN_TOKENS_FILE=tokens_file(tmp_path, TOKENS), FOREMAN_METRICS_PUBLIC="1")
     await public.ready()
     answer = await public.fetch("/foreman/status")
     assert answer.code == 200
@@ -236,7 +209,7 @@ async def test_a_target_url_password_never_shows(start_foreman, stub) -> None:
 
 
 async def test_the_page_and_its_files_need_no_token_and_run_only_their_own_code(start_foreman, stub, tmp_path) -> None:
-    front = start_foreman(FOREMAN_TOKENS_FILE=tokens_file(tmp_path))
+    front = start_foreman(FOREMAN_TOKENS_FILE=tokens_file(tmp_path, TOKENS))
     for path, kind in (("/foreman/", "text/html"), ("/foreman/status.js", "text/javascript"),
                        ("/foreman/status.css", "text/css")):
         answer = await front.fetch(path)

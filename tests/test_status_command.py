@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 
 from foreman.status import terminal
 from foreman.status.terminal import ago, duration, render, size
-from tests.helpers import BIN, StreamReader, serve_raw, subprocess_env, until
+from tests.helpers import BIN, Gate, StreamReader, free_port, serve_raw, subprocess_env, tokens_file, until
 
 ALICE, BOB = "tok-a", "tok-b"
 EVIL = "mallory\x1b[2J\x1b[H\r\x9broot\n\u202e"
@@ -304,34 +304,12 @@ async def spawned(*args: str, env: dict[str, str] | None = None) -> AsyncIterato
             await process.communicate()
 
 
-def closed_port() -> int:
-    """A loopback port nothing listens on."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def tokens_file(tmp_path) -> str:
-    path = tmp_path / "tokens"
-    path.write_text(f"{ALICE} name=alice weight=2\n{BOB} name=bob\n")
-    return str(path)
+TOKENS = f"{ALICE} name=alice weight=2\n{BOB} name=bob\n"
 
 
 def chat(stream: bool) -> dict:
     return {"model": "llama3.2", "messages": [{"role": "user", "content": "one two three four five six"}],
             "stream": stream}
-
-
-class Gate:
-    """Lets the stand-in send `open_lines` lines of a stream, then holds the rest."""
-
-    def __init__(self, open_lines: int) -> None:
-        self.open_lines = open_lines
-        self.released = asyncio.Event()
-
-    async def __call__(self, index: int) -> None:
-        if index >= self.open_lines:
-            await self.released.wait()
 
 
 def one_line(err: str) -> str:
@@ -342,9 +320,9 @@ def one_line(err: str) -> str:
 
 
 async def test_status_shows_who_runs_who_waits_and_what_finished(start_foreman, stub, tmp_path) -> None:
-    away = f"http://127.0.0.1:{closed_port()}"
+    away = f"http://127.0.0.1:{free_port()}"
     front = start_foreman(
-        f"{stub.url},{away}", FOREMAN_TOKENS_FILE=tokens_file(tmp_path), FOREMAN_CONCURRENCY="1",
+        f"{stub.url},{away}", FOREMAN_TOKENS_FILE=tokens_file(tmp_path, TOKENS), FOREMAN_CONCURRENCY="1",
         FOREMAN_MODEL_AFFINITY="30s",
     )
     await front.ready()
@@ -409,18 +387,18 @@ async def test_status_shows_who_runs_who_waits_and_what_finished(start_foreman, 
 
 
 async def test_the_address_and_token_may_come_from_the_environment_and_flags_win(start_foreman, stub, tmp_path) -> None:
-    front = start_foreman(FOREMAN_TOKENS_FILE=tokens_file(tmp_path))
+    front = start_foreman(FOREMAN_TOKENS_FILE=tokens_file(tmp_path, TOKENS))
     await front.ready()
     env = {"FOREMAN_STATUS_URL": front.url + "/", "FOREMAN_STATUS_TOKEN": "tok-wrong"}
     code, text, err = await status_command("--token", ALICE, env=env)
     assert (code, err) == (0, "")
     assert text.startswith(f"foreman 0.1.0 at {front.url}/,")
-    code, _, err = await status_command("--url", f"http://127.0.0.1:{closed_port()}", "--token", ALICE, env=env)
+    code, _, err = await status_command("--url", f"http://127.0.0.1:{free_port()}", "--token", ALICE, env=env)
     assert code == 1 and "connection refused" in err
 
 
 async def test_a_foreman_that_cannot_be_reached_is_one_line_naming_it() -> None:
-    url = f"http://127.0.0.1:{closed_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     code, out, err = await status_command("--url", url, "--token", "tok-never-shown")
     assert (code, out) == (1, "")
     assert one_line(err) == (
@@ -431,7 +409,7 @@ async def test_a_foreman_that_cannot_be_reached_is_one_line_naming_it() -> None:
 
 
 async def test_a_foreman_with_tokens_asks_for_one_and_refuses_a_wrong_one(start_foreman, stub, tmp_path) -> None:
-    front = start_foreman(FOREMAN_TOKENS_FILE=tokens_file(tmp_path))
+    front = start_foreman(FOREMAN_TOKENS_FILE=tokens_file(tmp_path, TOKENS))
     await front.ready()
     code, out, err = await status_command("--url", front.url)
     assert (code, out) == (1, "")
@@ -526,7 +504,7 @@ async def test_a_bad_flag_is_one_line_and_exit_2(io_loop, args) -> None:
 
 
 async def test_watch_redraws_until_ctrl_c(start_foreman, stub, tmp_path) -> None:
-    front = start_foreman(FOREMAN_TOKENS_FILE=tokens_file(tmp_path))
+    front = start_foreman(FOREMAN_TOKENS_FILE=tokens_file(tmp_path, TOKENS))
     await front.ready()
     async with spawned("--url", front.url, "--token", ALICE, "--watch", "--interval", "0.2") as process:
         assert process.stdout is not None and process.stderr is not None
@@ -564,7 +542,7 @@ async def test_watch_into_a_reader_that_stops_ends_quietly(start_foreman, stub) 
 
 
 async def test_watch_on_a_terminal_clears_the_screen_before_each_refresh(start_foreman, stub, tmp_path) -> None:
-    front = start_foreman(FOREMAN_TOKENS_FILE=tokens_file(tmp_path))
+    front = start_foreman(FOREMAN_TOKENS_FILE=tokens_file(tmp_path, TOKENS))
     await front.ready()
     leader, follower = os.openpty()
     try:

@@ -19,7 +19,7 @@ import pytest
 
 from foreman.clients import Client
 from tests.browser import DESKTOP, PHONE, Chromium, group_members, require_chromium
-from tests.helpers import until
+from tests.helpers import tokens_file, until
 from tests.status_screenshot import capture
 
 PAGE = Path(__file__).resolve().parent.parent / "foreman" / "status" / "page"
@@ -36,12 +36,6 @@ def browser(io_loop, tmp_path):
     yield chromium
     io_loop.run_sync(chromium.close, timeout=60)
     assert list(group_members(chromium.process.pid)) == [], "chromium left processes behind"
-
-
-def tokens_file(tmp_path: Path, text: str = TOKENS) -> str:
-    path = tmp_path / "tokens"
-    path.write_text(text)
-    return str(path)
 
 
 def chat(label: str, stream: bool = True) -> dict:
@@ -115,7 +109,7 @@ def unexpected_problems(page) -> list[str]:
 
 async def test_the_page_shows_targets_clients_the_running_stream_and_charts(start_foreman, stub, browser, tmp_path) -> None:
     front = start_foreman(
-        FOREMAN_TOKENS_FILE=tokens_file(tmp_path), FOREMAN_CONCURRENCY="1", FOREMAN_MODEL_AFFINITY="30s"
+        FOREMAN_TOKENS_FILE=tokens_file(tmp_path, TOKENS), FOREMAN_CONCURRENCY="1", FOREMAN_MODEL_AFFINITY="30s"
     )
     await front.ready()
     work = await hold_the_queue(front, stub)
@@ -159,7 +153,7 @@ async def test_the_page_shows_targets_clients_the_running_stream_and_charts(star
 
 
 async def test_the_page_fits_a_phone(start_foreman, stub, browser, tmp_path) -> None:
-    front = start_foreman(FOREMAN_METRICS_PUBLIC="1", FOREMAN_TOKENS_FILE=tokens_file(tmp_path))
+    front = start_foreman(FOREMAN_METRICS_PUBLIC="1", FOREMAN_TOKENS_FILE=tokens_file(tmp_path, TOKENS))
     await front.ready()
     work = await hold_the_queue(front, stub)
     page = await open_page(browser, front, PHONE)
@@ -184,7 +178,7 @@ async def test_the_page_fits_a_phone(start_foreman, stub, browser, tmp_path) -> 
 
 
 async def test_without_a_token_the_page_asks_for_one_and_shows_no_data(start_foreman, stub, browser, tmp_path) -> None:
-    front = start_foreman(FOREMAN_TOKENS_FILE=tokens_file(tmp_path))
+    front = start_foreman(FOREMAN_TOKENS_FILE=tokens_file(tmp_path, TOKENS))
     await front.ready()
     work = await hold_the_queue(front, stub)
     assert {c["name"] for c in (await status_document(front))["clients"]} == {"alice", "bob"}
@@ -202,7 +196,7 @@ async def test_without_a_token_the_page_asks_for_one_and_shows_no_data(start_for
 
 
 async def test_a_refused_token_says_so_and_another_can_be_given(start_foreman, stub, browser, tmp_path) -> None:
-    front = start_foreman(FOREMAN_TOKENS_FILE=tokens_file(tmp_path))
+    front = start_foreman(FOREMAN_TOKENS_FILE=tokens_file(tmp_path, TOKENS))
     await front.ready()
     page = await open_page(browser, front)
     await give_token(page, "not-a-token")
@@ -221,7 +215,7 @@ async def test_a_refused_token_says_so_and_another_can_be_given(start_foreman, s
 
 
 async def test_forget_token_drops_it_and_the_data(start_foreman, stub, browser, tmp_path) -> None:
-    front = start_foreman(FOREMAN_TOKENS_FILE=tokens_file(tmp_path))
+    front = start_foreman(FOREMAN_TOKENS_FILE=tokens_file(tmp_path, TOKENS))
     await front.ready()
     page = await open_page(browser, front)
     await give_token(page, "tok-a")
@@ -236,7 +230,7 @@ async def test_forget_token_drops_it_and_the_data(start_foreman, stub, browser, 
 
 
 async def test_with_public_metrics_no_token_is_asked(start_foreman, stub, browser, tmp_path) -> None:
-    front = start_foreman(FOREMAN_TOKENS_FILE=tokens_file(tmp_path), FOREMAN_METRICS_PUBLIC="1")
+    front = start_foreman(FOREMAN_TOKENS_FILE=tokens_file(tmp_path, TOKENS), FOREMAN_METRICS_PUBLIC="1")
     await front.ready()
     page = await open_page(browser, front)
     await page.wait_for(state_is("ok"))
@@ -255,7 +249,7 @@ async def test_a_client_name_with_html_in_it_is_shown_as_text(start_foreman, stu
     # A tokens file cannot name a client like this; the token set can, and the
     # page must not care where a name came from.
     hostile = '<img src=x onerror="window.injected=1">'
-    front = start_foreman(FOREMAN_TOKENS_FILE=tokens_file(tmp_path))
+    front = start_foreman(FOREMAN_TOKENS_FILE=tokens_file(tmp_path, TOKENS))
     await front.ready()
     front.foreman.tokens.replace(["tok-a", "tok-x"], {"tok-a": Client("alice", 2.0), "tok-x": Client(hostile)})
     work = Workload(front)
@@ -335,7 +329,7 @@ def test_the_page_has_no_inline_script_or_style_and_writes_no_markup() -> None:
 
 
 async def test_a_token_a_browser_cannot_send_is_refused_at_once_not_taken_for_an_outage(start_foreman, stub, browser, tmp_path) -> None:
-    front = start_foreman(FOREMAN_TOKENS_FILE=tokens_file(tmp_path))
+    front = start_foreman(FOREMAN_TOKENS_FILE=tokens_file(tmp_path, TOKENS))
     await front.ready()
     page = await open_page(browser, front)
     # A typographic apostrophe, as a phone's keyboard types it: no header can carry it.

@@ -24,7 +24,7 @@ from foreman.target import (
 )
 from foreman.target import keepalive
 from foreman.target.failures import classify
-from tests.helpers import serve_raw
+from tests.helpers import free_port, serve_raw
 
 
 class Collect:
@@ -46,12 +46,6 @@ class Collect:
 
 def client(url: str, **kwargs) -> TargetClient:
     return TargetClient(url, None, url, **kwargs)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 CHAT = b'{"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}]}'
