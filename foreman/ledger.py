@@ -84,7 +84,8 @@ class Ledger:
             return
         now = self._clock()
         # The record's times are monotonic: placed on the wall clock from now.
-        ended = now - (self._monotonic() - (record.finished or self._monotonic()))
+        monotonic_now = self._monotonic()
+        ended = now - (monotonic_now - (record.finished or monotonic_now))
         client = record.client or "unknown"
         tokens = record.eval_count
         self._recent.append(

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from foreman import __version__
+from foreman.clients import DEFAULT_WEIGHT
 from foreman.names import short
 from foreman.record import RequestRecord
 from foreman.services import Services
@@ -115,23 +116,25 @@ def _target(services: Services, machine: Machine) -> dict[str, Any]:
 
 def _clients(services: Services, running: list[RequestRecord]) -> list[dict[str, Any]]:
     weights = {client.name: client.weight for client in services.tokens.named_clients}
-    waiting = services.queue.scheduler.waiting_by_client()
-    for name, (weight, _) in waiting.items():
-        weights[name] = weight
+    waiting: dict[str, int] = {}
+    for name, (weight, count) in services.queue.scheduler.waiting_by_client().items():
+        weights[name], waiting[name] = weight, count
     at_target = Counter(record.client or "unknown" for record in running)
     hour = services.ledger.hour_by_client()
-    names = sorted(set(weights) | set(waiting) | set(at_target) | set(hour))
-    return [
-        {
-            "name": name,
-            "weight": weights.get(name, 1.0),
-            "waiting": waiting.get(name, (0.0, 0))[1],
-            "in_flight": at_target[name],
-            "service_seconds": round(hour.get(name, (0.0, 0))[0], 3),
-            "requests": hour.get(name, (0.0, 0))[1],
-        }
-        for name in names
-    ]
+    clients = []
+    for name in sorted(set(weights) | set(waiting) | set(at_target) | set(hour)):
+        service, requests = hour.get(name, (0.0, 0))
+        clients.append(
+            {
+                "name": name,
+                "weight": weights.get(name, DEFAULT_WEIGHT),
+                "waiting": waiting.get(name, 0),
+                "in_flight": at_target[name],
+                "service_seconds": round(service, 3),
+                "requests": requests,
+            }
+        )
+    return clients
 
 
 def _running(
